@@ -1,0 +1,6 @@
+package accounts
+
+import "github.com/palpo-go/palpo/internal/httpx"
+
+// TODO(skeleton): endpoints being written.
+func (s *Service) loginRoutes(rt *httpx.Router) {}

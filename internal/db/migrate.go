@@ -1,0 +1,55 @@
+package db
+
+import (
+	"context"
+	"database/sql"
+	"embed"
+	"fmt"
+	"io/fs"
+	"log/slog"
+
+	"github.com/pressly/goose/v3"
+	"github.com/pressly/goose/v3/lock"
+)
+
+//go:embed migrations/sqlite/*.sql migrations/postgres/*.sql
+var migrations embed.FS
+
+// migrate brings the schema up to date with the embedded migrations of the
+// dialect. It is safe to run any number of times and from several processes
+// on PostgreSQL (goose takes an advisory lock there).
+func migrate(ctx context.Context, d *DB) error {
+	sub, err := fs.Sub(migrations, "migrations/"+d.Dialect.String())
+	if err != nil {
+		return err
+	}
+	var gd goose.Dialect = goose.DialectSQLite3
+	var opts []goose.ProviderOption
+	if d.Dialect == Postgres {
+		gd = goose.DialectPostgres
+	}
+	opts = append(opts, goose.WithLogger(goose.NopLogger()))
+	if d.Dialect == Postgres {
+		locker, err := lock.NewPostgresSessionLocker()
+		if err != nil {
+			return err
+		}
+		opts = append(opts, goose.WithSessionLocker(locker))
+	}
+	p, err := goose.NewProvider(gd, d.w, sub, opts...)
+	if err != nil {
+		return fmt.Errorf("migrations: %w", err)
+	}
+	results, err := p.Up(ctx)
+	if err != nil {
+		return fmt.Errorf("migrations: %w", err)
+	}
+	for _, r := range results {
+		slog.Debug("database migration applied", "version", r.Source.Version, "path", r.Source.Path)
+	}
+	return nil
+}
+
+// Raw exposes the underlying writer pool for tools that need database/sql
+// directly (tests). Application code uses Exec, Query and WriteTx.
+func (d *DB) Raw() *sql.DB { return d.w }

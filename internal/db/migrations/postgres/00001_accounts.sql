@@ -1,0 +1,97 @@
+-- +goose Up
+CREATE TABLE users (
+    user_id        TEXT PRIMARY KEY,
+    localpart      TEXT NOT NULL UNIQUE,
+    password_hash  TEXT NOT NULL DEFAULT '',
+    is_admin       BOOLEAN NOT NULL DEFAULT FALSE,
+    is_guest       BOOLEAN NOT NULL DEFAULT FALSE,
+    deactivated    BOOLEAN NOT NULL DEFAULT FALSE,
+    created_ts     BIGINT NOT NULL
+);
+
+CREATE TABLE profiles (
+    user_id      TEXT PRIMARY KEY,
+    displayname  TEXT,
+    avatar_url   TEXT,
+    fields       TEXT NOT NULL DEFAULT '{}'
+);
+
+CREATE TABLE devices (
+    user_id          TEXT NOT NULL,
+    device_id        TEXT NOT NULL,
+    display_name     TEXT,
+    created_ts       BIGINT NOT NULL,
+    last_seen_ts     BIGINT,
+    last_seen_ip     TEXT,
+    last_seen_agent  TEXT,
+    PRIMARY KEY (user_id, device_id)
+);
+
+CREATE TABLE access_tokens (
+    token_hash    TEXT PRIMARY KEY,
+    user_id       TEXT NOT NULL,
+    device_id     TEXT NOT NULL,
+    created_ts    BIGINT NOT NULL,
+    expires_ts    BIGINT NOT NULL DEFAULT 0,
+    refresh_hash  TEXT
+);
+CREATE INDEX access_tokens_device ON access_tokens (user_id, device_id);
+
+CREATE TABLE refresh_tokens (
+    token_hash   TEXT PRIMARY KEY,
+    user_id      TEXT NOT NULL,
+    device_id    TEXT NOT NULL,
+    created_ts   BIGINT NOT NULL
+);
+CREATE INDEX refresh_tokens_device ON refresh_tokens (user_id, device_id);
+
+CREATE TABLE login_tokens (
+    token_hash  TEXT PRIMARY KEY,
+    user_id     TEXT NOT NULL,
+    expires_ts  BIGINT NOT NULL
+);
+
+CREATE TABLE account_data (
+    user_id    TEXT NOT NULL,
+    room_id    TEXT NOT NULL DEFAULT '',
+    type       TEXT NOT NULL,
+    content    TEXT NOT NULL,
+    updated_ts BIGINT NOT NULL,
+    PRIMARY KEY (user_id, room_id, type)
+);
+
+CREATE TABLE filters (
+    user_id    TEXT NOT NULL,
+    filter_id  BIGINT NOT NULL,
+    filter     TEXT NOT NULL,
+    PRIMARY KEY (user_id, filter_id)
+);
+
+CREATE TABLE registration_tokens (
+    token         TEXT PRIMARY KEY,
+    uses_allowed  BIGINT,
+    pending       BIGINT NOT NULL DEFAULT 0,
+    completed     BIGINT NOT NULL DEFAULT 0,
+    expiry_ts     BIGINT,
+    created_ts    BIGINT NOT NULL
+);
+
+CREATE TABLE uia_sessions (
+    session_id  TEXT PRIMARY KEY,
+    created_ts  BIGINT NOT NULL,
+    user_id     TEXT NOT NULL DEFAULT '',
+    completed   TEXT NOT NULL DEFAULT '[]',
+    data        TEXT NOT NULL DEFAULT '{}'
+);
+
+-- +goose Down
+DROP TABLE uia_sessions;
+DROP TABLE registration_tokens;
+DROP TABLE filters;
+DROP TABLE account_data;
+DROP TABLE login_tokens;
+DROP TABLE refresh_tokens;
+DROP TABLE access_tokens;
+DROP TABLE devices;
+DROP TABLE profiles;
+DROP TABLE users;
