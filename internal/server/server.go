@@ -22,6 +22,7 @@ import (
 	"github.com/palpo-go/palpo/internal/db"
 	"github.com/palpo-go/palpo/internal/federation"
 	"github.com/palpo-go/palpo/internal/httpx"
+	"github.com/palpo-go/palpo/internal/rooms"
 )
 
 // Server is a running homeserver's components.
@@ -30,6 +31,7 @@ type Server struct {
 	DB         *db.DB
 	SigningKey *federation.SigningKey
 	Accounts   *accounts.Service
+	Rooms      *rooms.Engine
 
 	// NewSigningKey is true when this start created the signing key (first
 	// start of a fresh data directory).
@@ -69,9 +71,15 @@ func New(ctx context.Context, cfg *config.Config) (*Server, error) {
 		lim.Register = httpx.NewLimiter(rl.RegisterPerSecond, rl.RegisterBurst)
 	}
 	s.Accounts = accounts.New(cfg, d, lim)
+	s.Rooms = rooms.NewEngine(d, cfg.ServerName, key, s.Accounts.GetProfile, rooms.Config{})
+	if cfg.RateLimitEnabled() {
+		s.Rooms.SendLimiter = httpx.NewLimiter(cfg.RateLimits.SendPerSecond, cfg.RateLimits.SendBurst)
+	}
+	s.Accounts.Hooks.RoomExists = s.Rooms.RoomExists
 
 	s.router = httpx.NewRouter(s.Accounts.Authenticate, cfg.MaxBodyBytes)
 	s.Accounts.Routes(s.router)
+	s.Rooms.Routes(s.router)
 	s.infoRoutes(s.router)
 
 	var reg prometheus.Registerer // nil: metrics off

@@ -1,0 +1,102 @@
+package rooms_test
+
+import (
+	"fmt"
+	"net/http"
+	"net/url"
+	"testing"
+
+	"github.com/palpo-go/palpo/internal/testutil"
+)
+
+// TestRoomLifecycleEveryVersion creates a room in every stable room version
+// and runs the basic life of a room through it: state, messages, invites,
+// joins, redaction, kicks and bans.
+func TestRoomLifecycleEveryVersion(t *testing.T) {
+	testutil.ForEachBackend(t, func(t *testing.T, b testutil.Backend) {
+		srv := testutil.Start(t, b)
+		alice := srv.NewUser(t, "alice", "pw")
+		bob := srv.NewUser(t, "bob", "pw")
+		for v := 1; v <= 12; v++ {
+			t.Run(fmt.Sprintf("v%d", v), func(t *testing.T) {
+				r := alice.MustDo(200, "POST", "/_matrix/client/v3/createRoom", map[string]any{
+					"room_version": fmt.Sprint(v), "name": "Room", "topic": "t", "preset": "private_chat",
+				})
+				roomID, _ := r.JSON["room_id"].(string)
+				if roomID == "" {
+					t.Fatalf("no room_id: %s", r.Body)
+				}
+				rp := "/_matrix/client/v3/rooms/" + url.PathEscape(roomID)
+				r = alice.MustDo(200, "GET", rp+"/state/m.room.name/", nil)
+				if r.JSON["name"] != "Room" {
+					t.Fatalf("name: %s", r.Body)
+				}
+				r = alice.MustDo(200, "GET", rp+"/state/m.room.create", nil)
+				if r.JSON["room_version"] != fmt.Sprint(v) {
+					t.Fatalf("create: %s", r.Body)
+				}
+				// Bob may not send before joining.
+				if r := bob.Do("PUT", rp+"/send/m.room.message/t1", map[string]any{"msgtype": "m.text", "body": "hi"}); r.Status != 403 || r.ErrCode() != "M_FORBIDDEN" {
+					t.Fatalf("send before join: %d %s", r.Status, r.Body)
+				}
+				// Nor join an invite-only room uninvited.
+				if r := bob.Do("POST", rp+"/join", map[string]any{}); r.Status != 403 {
+					t.Fatalf("uninvited join: %d %s", r.Status, r.Body)
+				}
+				alice.MustDo(200, "POST", rp+"/invite", map[string]any{"user_id": bob.UserID})
+				bob.MustDo(200, "POST", rp+"/join", map[string]any{})
+				r = bob.MustDo(200, "PUT", rp+"/send/m.room.message/t1", map[string]any{"msgtype": "m.text", "body": "hi"})
+				eventID := r.JSON["event_id"]
+				// Same transaction ID: same event.
+				r = bob.MustDo(200, "PUT", rp+"/send/m.room.message/t1", map[string]any{"msgtype": "m.text", "body": "hi"})
+				if r.JSON["event_id"] != eventID {
+					t.Fatalf("txn idempotency: %v vs %v", r.JSON["event_id"], eventID)
+				}
+				r = alice.MustDo(200, "GET", rp+"/event/"+url.PathEscape(eventID.(string)), nil)
+				if r.JSON["content"].(map[string]any)["body"] != "hi" {
+					t.Fatalf("event: %s", r.Body)
+				}
+				r = alice.MustDo(200, "GET", rp+"/joined_members", nil)
+				if len(r.JSON["joined"].(map[string]any)) != 2 {
+					t.Fatalf("joined members: %s", r.Body)
+				}
+				// Bob (power 0) may not redact Alice's events, Alice (100) may redact Bob's.
+				r = alice.MustDo(200, "PUT", rp+"/send/m.room.message/t2", map[string]any{"msgtype": "m.text", "body": "secret"})
+				aliceEvent := r.JSON["event_id"].(string)
+				if r := bob.Do("PUT", rp+"/redact/"+url.PathEscape(aliceEvent)+"/r1", map[string]any{}); r.Status != 403 {
+					t.Fatalf("bob redacting alice: %d %s", r.Status, r.Body)
+				}
+				alice.MustDo(200, "PUT", rp+"/redact/"+url.PathEscape(eventID.(string))+"/r1", map[string]any{"reason": "spam"})
+				r = bob.MustDo(200, "GET", rp+"/event/"+url.PathEscape(eventID.(string)), nil)
+				if c := r.JSON["content"].(map[string]any); len(c) != 0 {
+					t.Fatalf("redacted event still has content: %s", r.Body)
+				}
+				if _, ok := r.JSON["unsigned"].(map[string]any)["redacted_because"]; !ok {
+					t.Fatalf("no redacted_because: %s", r.Body)
+				}
+				alice.MustDo(200, "POST", rp+"/kick", map[string]any{"user_id": bob.UserID, "reason": "bye"})
+				if r := bob.Do("PUT", rp+"/send/m.room.message/t3", map[string]any{"body": "x"}); r.Status != 403 {
+					t.Fatalf("send after kick: %d", r.Status)
+				}
+				alice.MustDo(200, "POST", rp+"/ban", map[string]any{"user_id": bob.UserID})
+				if r := alice.Do("POST", rp+"/invite", map[string]any{"user_id": bob.UserID}); r.Status != 403 {
+					t.Fatalf("invite banned: %d", r.Status)
+				}
+				alice.MustDo(200, "POST", rp+"/unban", map[string]any{"user_id": bob.UserID})
+				r = alice.MustDo(200, "GET", rp+"/members?membership=leave", nil)
+				if len(r.JSON["chunk"].([]any)) != 1 {
+					t.Fatalf("members leave: %s", r.Body)
+				}
+				r = alice.MustDo(200, "GET", "/_matrix/client/v3/joined_rooms", nil)
+				found := false
+				for _, id := range r.JSON["joined_rooms"].([]any) {
+					found = found || id == roomID
+				}
+				if !found {
+					t.Fatalf("joined_rooms lacks %s: %s", roomID, r.Body)
+				}
+			})
+		}
+		_ = http.StatusOK
+	})
+}

@@ -1,0 +1,46 @@
+package rooms
+
+import (
+	"net/http"
+	"strings"
+
+	"github.com/matrix-org/gomatrixserverlib/spec"
+
+	"github.com/palpo-go/palpo/internal/httpx"
+)
+
+// Routes registers the room endpoints of the client-server API.
+func (e *Engine) Routes(rt *httpx.Router) {
+	rt.Authed("POST /_matrix/client/v3/createRoom", e.handleCreateRoom)
+	e.eventRoutes(rt)
+	e.membershipRoutes(rt)
+}
+
+func (e *Engine) handleCreateRoom(r *http.Request, p *httpx.Principal) (any, error) {
+	var req CreateRoomRequest
+	if err := httpx.DecodeOptionalJSON(r, &req); err != nil {
+		return nil, err
+	}
+	roomID, err := e.CreateRoom(r.Context(), p.UserID, &req)
+	if err != nil {
+		return nil, err
+	}
+	return map[string]string{"room_id": roomID}, nil
+}
+
+// roomIDParam validates the {roomId} path parameter.
+func roomIDParam(r *http.Request) (string, error) {
+	id := r.PathValue("roomId")
+	if !strings.HasPrefix(id, "!") || len(id) > 255 {
+		return "", httpx.InvalidParam("Invalid room ID %q", id)
+	}
+	return id, nil
+}
+
+// userIDParam validates a user ID from a path or body.
+func validUserID(id string) error {
+	if _, err := spec.NewUserID(id, true); err != nil || len(id) > 255 {
+		return httpx.InvalidParam("Invalid user ID %q", id)
+	}
+	return nil
+}

@@ -1,0 +1,136 @@
+package rooms
+
+import (
+	"context"
+
+	"github.com/matrix-org/gomatrixserverlib/spec"
+)
+
+// History visibility values.
+const (
+	VisWorldReadable = "world_readable"
+	VisShared        = "shared"
+	VisInvited       = "invited"
+	VisJoined        = "joined"
+)
+
+// visibilityAt is what decides whether a user sees an event: the room's
+// history visibility and the user's membership at that point.
+type visibilityAt struct {
+	visibility string
+	membership string
+}
+
+// Visibility decides which events a user may see (client-server spec,
+// "History visibility"). Create one per request: it caches per snapshot.
+type Visibility struct {
+	e             *Engine
+	userID        string
+	currentlyJoin map[string]bool // room → user is joined now
+	cache         map[int64]visibilityAt
+}
+
+// NewVisibility returns a visibility checker for userID.
+func (e *Engine) NewVisibility(userID string) *Visibility {
+	return &Visibility{e: e, userID: userID, currentlyJoin: map[string]bool{}, cache: map[int64]visibilityAt{}}
+}
+
+// Filter returns the events the user may see, in order.
+func (v *Visibility) Filter(ctx context.Context, evs []*Event) ([]*Event, error) {
+	out := evs[:0:0]
+	for _, ev := range evs {
+		ok, err := v.CanSee(ctx, ev)
+		if err != nil {
+			return nil, err
+		}
+		if ok {
+			out = append(out, ev)
+		}
+	}
+	return out, nil
+}
+
+// CanSee reports whether the user may see ev.
+func (v *Visibility) CanSee(ctx context.Context, ev *Event) (bool, error) {
+	if ev.Status == StatusRejected || ev.Status == StatusSoftFailed {
+		return false, nil
+	}
+	at, err := v.at(ctx, ev)
+	if err != nil {
+		return false, err
+	}
+	membership := at.membership
+	// A user sees their own membership changes.
+	if ev.Type() == spec.MRoomMember && ev.StateKeyEquals(v.userID) {
+		if m, err := ev.Membership(); err == nil {
+			membership = m
+		}
+		if membership == spec.Join || membership == spec.Invite || membership == spec.Knock || at.membership == spec.Join {
+			return true, nil
+		}
+	}
+	switch {
+	case at.visibility == VisWorldReadable:
+		return true, nil
+	case membership == spec.Join:
+		return true, nil
+	case at.visibility == VisInvited && membership == spec.Invite:
+		return true, nil
+	case at.visibility == VisShared:
+		return v.joinedNow(ctx, ev.RoomID().String())
+	}
+	return false, nil
+}
+
+func (v *Visibility) joinedNow(ctx context.Context, roomID string) (bool, error) {
+	if j, ok := v.currentlyJoin[roomID]; ok {
+		return j, nil
+	}
+	m, err := v.e.Membership(ctx, roomID, v.userID)
+	if err != nil {
+		return false, err
+	}
+	v.currentlyJoin[roomID] = m == spec.Join
+	return m == spec.Join, nil
+}
+
+func (v *Visibility) at(ctx context.Context, ev *Event) (visibilityAt, error) {
+	if at, ok := v.cache[ev.StateBefore]; ok {
+		return at, nil
+	}
+	state, err := v.e.loadSnapshot(ctx, ev.StateBefore)
+	if err != nil {
+		return visibilityAt{}, err
+	}
+	ri, err := v.e.room(ctx, ev.RoomID().String())
+	if err != nil {
+		return visibilityAt{}, err
+	}
+	at := visibilityAt{visibility: VisShared, membership: spec.Leave}
+	if hv, err := v.e.stateEvent(ctx, ri, state, spec.MRoomHistoryVisibility, ""); err != nil {
+		return at, err
+	} else if hv != nil {
+		if h, err := hv.HistoryVisibility(); err == nil {
+			at.visibility = string(h)
+		}
+	}
+	if mem, err := v.e.stateEvent(ctx, ri, state, spec.MRoomMember, v.userID); err != nil {
+		return at, err
+	} else if mem != nil {
+		if m, err := mem.Membership(); err == nil {
+			at.membership = m
+		}
+	}
+	v.cache[ev.StateBefore] = at
+	return at, nil
+}
+
+// Membership returns a user's current membership in a room ("leave" when
+// they have none).
+func (e *Engine) Membership(ctx context.Context, roomID, userID string) (string, error) {
+	ev, err := e.CurrentStateEvent(ctx, roomID, spec.MRoomMember, userID)
+	if err != nil || ev == nil {
+		return spec.Leave, err
+	}
+	return ev.Membership()
+}
