@@ -14,6 +14,8 @@ func (e *Engine) Routes(rt *httpx.Router) {
 	rt.Authed("POST /_matrix/client/v3/createRoom", e.handleCreateRoom)
 	e.eventRoutes(rt)
 	e.membershipRoutes(rt)
+	e.readRoutes(rt)      // messages.go: /messages, /context, /relations, /threads, /timestamp_to_event
+	e.directoryRoutes(rt) // directory.go: aliases, room directory, publicRooms; upgrade.go
 }
 
 func (e *Engine) handleCreateRoom(r *http.Request, p *httpx.Principal) (any, error) {

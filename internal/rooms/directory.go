@@ -1,0 +1,6 @@
+package rooms
+
+import "github.com/palpo-go/palpo/internal/httpx"
+
+// TODO(skeleton): endpoints being written.
+func (e *Engine) directoryRoutes(rt *httpx.Router) {}
