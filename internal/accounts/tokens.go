@@ -154,13 +154,10 @@ func (s *Service) NewSession(ctx context.Context, userID, deviceID, displayName,
 	}
 	sess := &Session{UserID: userID, DeviceID: deviceID, AccessToken: NewToken(accessPrefix)}
 	now := time.Now().UnixMilli()
-	var expires int64
+	expires, lifetime := s.accessExpiry(now, withRefresh)
+	sess.ExpiresInMS = lifetime
 	if withRefresh {
 		sess.RefreshToken = NewToken(refreshPrefix)
-		if lt := s.cfg.TokenLifetime; lt > 0 {
-			expires = now + lt.Milliseconds()
-			sess.ExpiresInMS = lt.Milliseconds()
-		}
 	}
 	err := s.db.WriteTx(ctx, func(tx *db.Tx) error {
 		if err := s.upsertDevice(ctx, tx, userID, deviceID, displayName, ip, agent, now); err != nil {
@@ -176,6 +173,17 @@ func (s *Service) NewSession(ctx context.Context, userID, deviceID, displayName,
 	}
 	s.tokens.forget("", userID, deviceID)
 	return sess, nil
+}
+
+// accessExpiry is when an access token issued at now (unix ms) expires and
+// its lifetime in ms; both 0 when it does not expire. Only tokens that come
+// with a refresh token expire: a client without one could not renew them.
+func (s *Service) accessExpiry(now int64, withRefresh bool) (expiresTS, lifetimeMS int64) {
+	lt := s.cfg.TokenLifetime
+	if !withRefresh || lt <= 0 {
+		return 0, 0
+	}
+	return now + lt.Milliseconds(), lt.Milliseconds()
 }
 
 // insertTokens stores the hashes of the session's tokens.
