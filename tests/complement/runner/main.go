@@ -11,7 +11,7 @@
 //	summary.txt   per-package pass/fail/skip counts, regressions, failing tests
 //	failing.txt   every failing test and subtest with its first error line
 //	results.json  the raw `go test -json` stream
-//	output.txt    the plain test output
+//	output/       the plain test output of each package
 //	logs/         server logs of the deployments of failed tests
 //
 // See tests/complement/README.md.
@@ -214,17 +214,8 @@ func run() (int, error) {
 	defer raw.Close()
 	rawBuf := bufio.NewWriter(raw)
 	defer rawBuf.Flush()
-	text, err := os.Create(filepath.Join(o.out, "output.txt"))
-	if err != nil {
-		return 0, err
-	}
-	defer text.Close()
-	textBuf := bufio.NewWriter(text)
-	defer textBuf.Flush()
-	var verboseOut io.Writer = io.Discard
-	if o.verbose {
-		verboseOut = os.Stdout
-	}
+	text := &outputFiles{dir: filepath.Join(o.out, "output"), verbose: o.verbose}
+	defer text.close()
 
 	rs := newResults(complementModule + "/")
 	rs.onTestDone = func(t *testResult) {
@@ -246,7 +237,7 @@ func run() (int, error) {
 		),
 		stderr: io.MultiWriter(os.Stderr, stderrFile),
 		raw:    rawBuf,
-		text:   io.MultiWriter(textBuf, verboseOut),
+		text:   text.writer,
 		rs:     rs,
 	}
 	gt.env = setDefault(gt.env, "COMPLEMENT_BASE_IMAGE", "palpo-local-processes")
@@ -348,7 +339,8 @@ type goTester struct {
 	dir         string
 	env         []string
 	stderr      io.Writer
-	raw, text   io.Writer
+	raw         io.Writer
+	text        func(pkg string) io.Writer
 	rs          *results
 	mu          sync.Mutex
 	cmd         *exec.Cmd
@@ -404,6 +396,47 @@ func (g *goTester) forwardSignals() (stop func()) {
 		}
 	}()
 	return func() { signal.Stop(sigs); close(sigs) }
+}
+
+// outputFiles writes each package's test output to its own file,
+// output/<package with / as _>.txt, and to stdout with -v.
+type outputFiles struct {
+	dir     string
+	verbose bool
+	files   map[string]*os.File
+	bufs    map[string]*bufio.Writer
+}
+
+func (o *outputFiles) writer(pkg string) io.Writer {
+	if o.bufs == nil {
+		o.files, o.bufs = map[string]*os.File{}, map[string]*bufio.Writer{}
+		os.MkdirAll(o.dir, 0o755)
+	}
+	b := o.bufs[pkg]
+	if b == nil {
+		name := strings.ReplaceAll(pkg, "/", "_")
+		if name == "" {
+			name = "go-test"
+		}
+		f, err := os.Create(filepath.Join(o.dir, name+".txt"))
+		if err != nil {
+			fmt.Fprintf(os.Stderr, "runner: %v\n", err)
+			return io.Discard
+		}
+		o.files[pkg], b = f, bufio.NewWriter(f)
+		o.bufs[pkg] = b
+	}
+	if o.verbose {
+		return io.MultiWriter(b, os.Stdout)
+	}
+	return b
+}
+
+func (o *outputFiles) close() {
+	for pkg, b := range o.bufs {
+		b.Flush()
+		o.files[pkg].Close()
+	}
 }
 
 func setDefault(env []string, key, value string) []string {

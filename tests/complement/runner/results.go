@@ -33,11 +33,12 @@ const (
 )
 
 type testResult struct {
-	Package string // relative to Complement's root, e.g. tests/csapi
-	Name    string // TestFoo or TestFoo/sub/test
-	Status  string
-	Elapsed time.Duration
-	output  strings.Builder
+	Package        string // relative to Complement's root, e.g. tests/csapi
+	Name           string // TestFoo or TestFoo/sub/test
+	Status         string
+	Elapsed        time.Duration
+	failedSubtests int // at any depth
+	output         strings.Builder
 }
 
 // TopLevel reports whether the test is not a subtest.
@@ -58,6 +59,7 @@ type packageResult struct {
 	Crashes  []string        // the panic or timeout message of each crashed run, with a few lines after
 	output   strings.Builder // package-level output (build errors, panics), all runs
 	runOut   strings.Builder // the same, this run only
+	crash    []string        // this run: the unindented "panic:" line and the trace after it
 	tests    map[string]*testResult
 	order    []string
 	finished bool
@@ -97,9 +99,10 @@ func (rs *results) pkg(name string) *packageResult {
 }
 
 // read consumes a `go test -json` stream until EOF, copying it to raw and
-// the test output as plain text (as go test -v prints it) to text. Lines
-// that are not JSON (go test writes some errors as plain text) go to text.
-func (rs *results) read(r io.Reader, raw io.Writer, text io.Writer) error {
+// each package's output as plain text (as go test -v prints it) to
+// text(package). Lines that are not JSON (go test writes some errors as
+// plain text) go to text("").
+func (rs *results) read(r io.Reader, raw io.Writer, text func(pkg string) io.Writer) error {
 	sc := bufio.NewScanner(r)
 	sc.Buffer(make([]byte, 0, 1<<20), 64<<20)
 	for sc.Scan() {
@@ -111,12 +114,16 @@ func (rs *results) read(r io.Reader, raw io.Writer, text io.Writer) error {
 		var ev event
 		if len(line) == 0 || line[0] != '{' || json.Unmarshal(line, &ev) != nil {
 			if text != nil {
-				fmt.Fprintf(text, "%s\n", line)
+				fmt.Fprintf(text(""), "%s\n", line)
 			}
 			continue
 		}
 		if text != nil && (ev.Action == "output" || ev.Action == "build-output") {
-			io.WriteString(text, ev.Output)
+			pkg := ev.Package
+			if pkg == "" {
+				pkg = ev.ImportPath
+			}
+			io.WriteString(text(rs.relPackage(pkg)), ev.Output)
 		}
 		rs.add(ev)
 	}
@@ -140,10 +147,20 @@ func (rs *results) add(ev event) {
 		return
 	}
 	p := rs.pkg(rs.relPackage(ev.Package))
+	if ev.Action == "output" {
+		// test2json gives a panic's output to whichever test was running.
+		switch {
+		case p.crash == nil && (strings.HasPrefix(ev.Output, "panic: ") || strings.HasPrefix(ev.Output, "fatal error: ")):
+			p.crash = []string{strings.TrimRight(stripANSI(ev.Output), "\n")}
+		case p.crash != nil && len(p.crash) < 60:
+			p.crash = append(p.crash, strings.TrimRight(stripANSI(ev.Output), "\n"))
+		}
+	}
 	if ev.Test == "" {
 		switch ev.Action {
 		case "start":
 			p.runOut.Reset()
+			p.crash = nil
 			p.finished = false
 		case "output":
 			p.output.WriteString(ev.Output)
@@ -154,7 +171,7 @@ func (rs *results) add(ev event) {
 			status := rs.packageStatus(p, ev)
 			p.Runs = append(p.Runs, status)
 			if status == "panic" || status == "timeout" {
-				p.Crashes = append(p.Crashes, crashExcerpt(p.runOut.String()))
+				p.Crashes = append(p.Crashes, strings.Join(p.crash, "\n"))
 			}
 			if len(p.Runs) == 1 || status != "no tests" {
 				p.Status = status
@@ -183,6 +200,14 @@ func (rs *results) add(ev event) {
 	case "pass", "fail", "skip":
 		t.Status = ev.Action
 		t.Elapsed = time.Duration(ev.Elapsed * float64(time.Second))
+		if ev.Action == "fail" {
+			for parent := ev.Test; strings.Contains(parent, "/"); {
+				parent = parent[:strings.LastIndex(parent, "/")]
+				if pt := p.tests[parent]; pt != nil {
+					pt.failedSubtests++
+				}
+			}
+		}
 		if rs.onTestDone != nil {
 			rs.onTestDone(t)
 		}
@@ -204,26 +229,12 @@ func (rs *results) packageStatus(p *packageResult, ev event) string {
 		return "build failed"
 	case strings.Contains(out, "build failed") || strings.Contains(out, "setup failed"):
 		return "build failed"
-	case strings.Contains(out, "panic: test timed out"):
+	case len(p.crash) > 0 && strings.HasPrefix(p.crash[0], "panic: test timed out"):
 		return "timeout"
-	case strings.Contains(out, "panic:"):
+	case len(p.crash) > 0:
 		return "panic"
 	}
 	return "FAIL"
-}
-
-// crashExcerpt returns the "panic:" line of a test binary's output and
-// the lines that say where it happened.
-func crashExcerpt(out string) string {
-	i := strings.Index(out, "panic:")
-	if i < 0 {
-		return ""
-	}
-	lines := strings.Split(stripANSI(out[i:]), "\n")
-	if len(lines) > 14 {
-		lines = lines[:14]
-	}
-	return strings.Join(lines, "\n")
 }
 
 // topLevelNames lists the top-level tests that started, in any run.
@@ -311,8 +322,9 @@ var (
 func stripANSI(s string) string { return ansiRE.ReplaceAllString(s, "") }
 
 // reason picks the line that best explains a failure or a skip: the first
-// line Complement printed in red (ct.Errorf/ct.Fatalf), else the first
-// t.Error/t.Skip style line that is not a request log or a deployer note.
+// line Complement printed in red (ct.Errorf/ct.Fatalf); else, for a test
+// whose subtests failed, a pointer to them; else the first t.Error/t.Skip
+// style line that is not a request log, a warning or a deployer note.
 func (r *testResult) reason() string {
 	lines := strings.Split(r.output.String(), "\n")
 	for _, l := range lines {
@@ -320,9 +332,12 @@ func (r *testResult) reason() string {
 			return clean(l)
 		}
 	}
+	if r.failedSubtests > 0 && r.Status != statusSkip {
+		return fmt.Sprintf("(%d subtests failed)", r.failedSubtests)
+	}
 	var candidate string
 	for _, l := range lines {
-		if !fileLineRE.MatchString(l) || strings.Contains(l, "[CSAPI]") || strings.Contains(l, "palpodeploy: ") {
+		if !fileLineRE.MatchString(l) || strings.Contains(l, "[CSAPI]") || strings.Contains(l, "palpodeploy: ") || strings.Contains(l, "WARNING: ") {
 			continue
 		}
 		if r.Status == statusSkip || strings.Contains(strings.ToLower(l), "fail") || strings.Contains(l, "error") {
@@ -332,11 +347,8 @@ func (r *testResult) reason() string {
 			candidate = l
 		}
 	}
-	switch {
-	case r.Status == statusIncomplete:
+	if r.Status == statusIncomplete {
 		return "did not finish (package timed out or crashed)"
-	case candidate == "" && r.Status == statusFail:
-		return "(see its subtests)"
 	}
 	return clean(candidate)
 }

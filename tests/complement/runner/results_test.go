@@ -1,6 +1,7 @@
 package main
 
 import (
+	"io"
 	"os"
 	"path/filepath"
 	"strings"
@@ -24,14 +25,14 @@ const stream = `{"Action":"start","Package":"github.com/matrix-org/complement/te
 {"Action":"fail","Package":"github.com/matrix-org/complement/tests/csapi","Elapsed":1.5}
 {"Action":"start","Package":"github.com/matrix-org/complement/tests"}
 {"Action":"run","Package":"github.com/matrix-org/complement/tests","Test":"TestSlow"}
-{"Action":"output","Package":"github.com/matrix-org/complement/tests","Output":"panic: test timed out after 1s\n"}
+{"Action":"output","Package":"github.com/matrix-org/complement/tests","Test":"TestSlow","Output":"panic: test timed out after 1s\n"}
 {"Action":"fail","Package":"github.com/matrix-org/complement/tests","Elapsed":1}
 `
 
 func TestResults(t *testing.T) {
 	rs := newResults(complementModule + "/")
 	var text strings.Builder
-	if err := rs.read(strings.NewReader(stream+"not json\n"), nil, &text); err != nil {
+	if err := rs.read(strings.NewReader(stream+"not json\n"), nil, func(string) io.Writer { return &text }); err != nil {
 		t.Fatal(err)
 	}
 	rs.finish()
@@ -111,8 +112,9 @@ func TestRerunAfterPanic(t *testing.T) {
 {"Action":"run","Package":"` + pkg + `","Test":"TestA"}
 {"Action":"pass","Package":"` + pkg + `","Test":"TestA","Elapsed":0.1}
 {"Action":"run","Package":"` + pkg + `","Test":"TestB"}
-{"Action":"output","Package":"` + pkg + `","Output":"panic: Fail in goroutine after TestB has completed\n"}
-{"Action":"output","Package":"` + pkg + `","Output":"goroutine 7 [running]:\n"}
+{"Action":"output","Package":"` + pkg + `","Test":"TestB","Output":"    x_test.go:3: panic: not a crash, a log line\n"}
+{"Action":"output","Package":"` + pkg + `","Test":"TestB","Output":"panic: Fail in goroutine after TestB has completed\n"}
+{"Action":"output","Package":"` + pkg + `","Test":"TestB","Output":"goroutine 7 [running]:\n"}
 {"Action":"fail","Package":"` + pkg + `","Elapsed":2}
 `
 	run2 := `{"Action":"start","Package":"` + pkg + `"}

@@ -157,7 +157,7 @@ func writeSummary(w io.Writer, info runInfo, rs *results, regs []regression, hav
 		fmt.Fprintf(w, "\npackage %s: %s\n", pn, p.DisplayStatus())
 		var excerpt []string
 		for _, c := range p.Crashes {
-			excerpt = append(excerpt, strings.Split(c, "\n")...)
+			excerpt = append(excerpt, crashSummary(c)...)
 		}
 		if len(excerpt) == 0 {
 			excerpt = lastLines(stripANSI(p.output.String()), 15)
@@ -227,6 +227,22 @@ func writeFailing(w io.Writer, rs *results) {
 		}
 		fmt.Fprintf(w, "%s %s [%s] %s\n", t.Package, t.Name, t.Status, t.reason())
 	}
+}
+
+// crashSummary shortens a panic: its first line, and the frames in test
+// files (where the failing call was made); the first lines if there are none.
+func crashSummary(trace string) []string {
+	lines := strings.Split(trace, "\n")
+	out := []string{lines[0]}
+	for i := 1; i < len(lines) && len(out) < 7; i++ {
+		if strings.Contains(lines[i], "_test.go:") {
+			out = append(out, lines[i-1], lines[i])
+		}
+	}
+	if len(out) == 1 && len(lines) > 1 {
+		out = lines[:min(len(lines), 12)]
+	}
+	return out
 }
 
 func lastLines(s string, n int) []string {
