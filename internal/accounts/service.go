@@ -22,6 +22,10 @@ type Hooks struct {
 	// ProfileChanged runs after a displayname or avatar change (member
 	// events in joined rooms are updated).
 	ProfileChanged func(ctx context.Context, userID string)
+	// RoomExists reports whether the server knows a room; per-room account
+	// data for unknown rooms is refused. nil: every well-formed room ID is
+	// accepted (until the rooms domain wires it).
+	RoomExists func(ctx context.Context, roomID string) (bool, error)
 }
 
 // Limiters are the rate limiters accounts uses; nil limiters allow all.
