@@ -134,11 +134,21 @@ func (s *Service) SetAccountData(ctx context.Context, userID, roomID, typ string
 	if err != nil || compact[0] != '{' {
 		return httpx.BadJSON("Account data content must be a JSON object")
 	}
-	_, err = s.db.Exec(ctx, `INSERT INTO account_data (user_id, room_id, type, content, updated_ts) VALUES ($1, $2, $3, $4, $5)
-		ON CONFLICT (user_id, room_id, type) DO UPDATE SET content = excluded.content, updated_ts = excluded.updated_ts`,
-		userID, roomID, typ, string(compact), time.Now().UnixMilli())
+	err = s.db.WriteTx(ctx, func(tx *db.Tx) error {
+		pos, err := db.NextStreamPos(ctx, tx)
+		if err != nil {
+			return err
+		}
+		_, err = tx.Exec(ctx, `INSERT INTO account_data (user_id, room_id, type, content, updated_ts, stream_pos) VALUES ($1, $2, $3, $4, $5, $6)
+			ON CONFLICT (user_id, room_id, type) DO UPDATE SET content = excluded.content, updated_ts = excluded.updated_ts, stream_pos = excluded.stream_pos`,
+			userID, roomID, typ, string(compact), time.Now().UnixMilli(), pos)
+		return err
+	})
 	if err != nil {
 		return fmt.Errorf("set account data: %w", err)
+	}
+	if s.Hooks.AccountDataChanged != nil {
+		s.Hooks.AccountDataChanged(userID)
 	}
 	return nil
 }

@@ -26,6 +26,9 @@ type Hooks struct {
 	// data for unknown rooms is refused. nil: every well-formed room ID is
 	// accepted (until the rooms domain wires it).
 	RoomExists func(ctx context.Context, roomID string) (bool, error)
+	// AccountDataChanged runs after a user's account data changed (wakes
+	// their /sync).
+	AccountDataChanged func(userID string)
 }
 
 // Limiters are the rate limiters accounts uses; nil limiters allow all.

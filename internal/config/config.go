@@ -44,6 +44,7 @@ type Config struct {
 	Registration             string `yaml:"registration" env:"PALPO_REGISTRATION" doc:"closed (only admins and registration tokens made with the CLI), token (m.login.registration_token), or open (m.login.dummy: anyone may register)."`
 	RegistrationSharedSecret string `yaml:"registration_shared_secret" env:"PALPO_REGISTRATION_SHARED_SECRET" doc:"Secret for Synapse-compatible shared-secret registration at /_synapse/admin/v1/register. Empty disables it."`
 	AllowGuests              bool   `yaml:"allow_guests" doc:"Allow guest registration (kind=guest)."`
+	Presence                 bool   `yaml:"presence" doc:"Track and share presence (online, unavailable, offline) between users who share a room."`
 
 	RateLimit     string          `yaml:"rate_limit" env:"PALPO_RATE_LIMIT" doc:"on or off: rate limiting of login, registration and message sends."`
 	RateLimits    RateLimitConfig `yaml:"rate_limits"`
@@ -103,6 +104,7 @@ func Default() *Config {
 		LogLevel:     "info",
 		LogFormat:    "text",
 		Registration: RegistrationClosed,
+		Presence:     true,
 		RateLimit:    "on",
 		RateLimits: RateLimitConfig{
 			LoginPerSecond: 0.2, LoginBurst: 5,

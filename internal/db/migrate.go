@@ -28,7 +28,9 @@ func migrate(ctx context.Context, d *DB) error {
 	if d.Dialect == Postgres {
 		gd = goose.DialectPostgres
 	}
-	opts = append(opts, goose.WithLogger(goose.NopLogger()))
+	// Branches developed in parallel may land migrations out of number
+	// order; apply any that are missing instead of refusing to start.
+	opts = append(opts, goose.WithLogger(goose.NopLogger()), goose.WithAllowOutofOrder(true))
 	if d.Dialect == Postgres {
 		locker, err := lock.NewPostgresSessionLocker()
 		if err != nil {

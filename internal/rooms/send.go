@@ -266,18 +266,10 @@ func (e *Engine) persistLocal(ctx context.Context, ri *roomInfo, built []*pendin
 	return nil
 }
 
-// nextStreamPos takes the next global stream position inside tx. The row
-// lock it takes orders concurrent writers' commits.
-func nextStreamPos(ctx context.Context, tx *db.Tx) (int64, error) {
-	var pos int64
-	err := tx.QueryRow(ctx, `UPDATE stream_position SET pos = pos + 1 WHERE id = 1 RETURNING pos`).Scan(&pos)
-	return pos, err
-}
-
 // insertEvent stores an event with the next stream position and sets its
 // NID and Pos.
 func insertEvent(ctx context.Context, tx *db.Tx, roomID string, ev *Event) error {
-	pos, err := nextStreamPos(ctx, tx)
+	pos, err := db.NextStreamPos(ctx, tx)
 	if err != nil {
 		return err
 	}

@@ -23,6 +23,7 @@ import (
 	"github.com/palpo-go/palpo/internal/federation"
 	"github.com/palpo-go/palpo/internal/httpx"
 	"github.com/palpo-go/palpo/internal/rooms"
+	"github.com/palpo-go/palpo/internal/sync"
 )
 
 // Server is a running homeserver's components.
@@ -32,6 +33,7 @@ type Server struct {
 	SigningKey *federation.SigningKey
 	Accounts   *accounts.Service
 	Rooms      *rooms.Engine
+	Sync       *sync.Service
 
 	// NewSigningKey is true when this start created the signing key (first
 	// start of a fresh data directory).
@@ -76,10 +78,14 @@ func New(ctx context.Context, cfg *config.Config) (*Server, error) {
 		s.Rooms.SendLimiter = httpx.NewLimiter(cfg.RateLimits.SendPerSecond, cfg.RateLimits.SendBurst)
 	}
 	s.Accounts.Hooks.RoomExists = s.Rooms.RoomExists
+	s.Sync = sync.New(d, s.Rooms, s.Accounts, cfg.Presence)
+	s.Rooms.NewEvents = s.Sync.OnNewEvents
+	s.Accounts.Hooks.AccountDataChanged = s.Sync.OnAccountData
 
 	s.router = httpx.NewRouter(s.Accounts.Authenticate, cfg.MaxBodyBytes)
 	s.Accounts.Routes(s.router)
 	s.Rooms.Routes(s.router)
+	s.Sync.Routes(s.router)
 	s.infoRoutes(s.router)
 
 	var reg prometheus.Registerer // nil: metrics off
@@ -108,6 +114,7 @@ func (s *Server) Start(main, fed net.Listener) error {
 			ErrorLog:          slog.NewLogLogger(slog.Default().Handler(), slog.LevelDebug),
 		}
 	}
+	s.Sync.Start()
 	hs := newSrv()
 	s.servers = append(s.servers, hs)
 	go func() { s.serveErr(hs.Serve(main)) }()
@@ -137,6 +144,7 @@ func (s *Server) Err() <-chan error { return s.errs }
 // ctx ends) and closes the database.
 func (s *Server) Shutdown(ctx context.Context) error {
 	var first error
+	s.Sync.Stop()
 	for _, hs := range s.servers {
 		if err := hs.Shutdown(ctx); err != nil && first == nil {
 			first = err
