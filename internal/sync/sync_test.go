@@ -16,7 +16,7 @@ type syncer struct {
 	since string
 }
 
-func (s *syncer) sync(t *testing.T, params string) map[string]any {
+func (s *syncer) sync(t testing.TB, params string) map[string]any {
 	t.Helper()
 	path := "/_matrix/client/v3/sync?timeout=0"
 	if params != "" {
@@ -54,13 +54,13 @@ func timelineBodies(resp map[string]any, roomID string) []string {
 	return out
 }
 
-func createRoom(t *testing.T, c *testutil.Client, body map[string]any) string {
+func createRoom(t testing.TB, c *testutil.Client, body map[string]any) string {
 	t.Helper()
 	r := c.MustDo(200, "POST", "/_matrix/client/v3/createRoom", body)
 	return r.JSON["room_id"].(string)
 }
 
-func send(t *testing.T, c *testutil.Client, roomID, body string) string {
+func send(t testing.TB, c *testutil.Client, roomID, body string) string {
 	t.Helper()
 	r := c.MustDo(200, "PUT", "/_matrix/client/v3/rooms/"+url.PathEscape(roomID)+"/send/m.room.message/"+fmt.Sprint(time.Now().UnixNano()),
 		map[string]any{"msgtype": "m.text", "body": body})
