@@ -188,6 +188,18 @@ func TestRelations(t *testing.T) {
 		if agg := relationsOf(t, findEvent(t, rm.relations(alice, t1, "").Chunk, gc)); agg.Reference == nil || agg.Reference.Chunk[0]["event_id"] != ggc {
 			t.Fatalf("gc in relations of t1: %+v", agg.Reference)
 		}
+		// Encrypted children are matched by their outer type.
+		enc := rm.relate(bob, "m.room.encrypted", "m.thread", root, map[string]any{"algorithm": "m.megolm.v1.aes-sha2", "ciphertext": "x"})
+		if p := rm.relations(alice, root, "/m.thread/m.room.encrypted"); !slices.Equal(ids(p.Chunk), []string{enc}) {
+			t.Fatalf("m.thread/m.room.encrypted: %v", ids(p.Chunk))
+		}
+		if p := rm.relations(alice, root, "/m.thread/m.room.message"); !slices.Equal(ids(p.Chunk), []string{t2, t1}) {
+			t.Fatalf("m.thread/m.room.message: %v", ids(p.Chunk))
+		}
+		ctx = rm.get(carol, rm.path("v3", "/context/"+url.PathEscape(root)))
+		if agg := relationsOf(t, ctx.Event); agg.Thread == nil || agg.Thread.Count != 3 || str(agg.Thread.LatestEvent, "event_id") != enc {
+			t.Fatalf("thread after an encrypted reply: %+v", agg.Thread)
+		}
 		// Redacting the original drops its edits from the aggregation.
 		alice.MustDo(200, "PUT", rm.path("v3", "/redact/"+url.PathEscape(root)+"/x3"), map[string]any{})
 		ctx = rm.get(alice, rm.path("v3", "/context/"+url.PathEscape(root)))
