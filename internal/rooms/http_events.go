@@ -238,7 +238,15 @@ func (e *Engine) handleGetEvent(r *http.Request, p *httpx.Principal) (any, error
 	if !ok {
 		return nil, httpx.NotFound("Event not found")
 	}
-	return e.ClientEvent(r.Context(), ev, p.UserID, p.DeviceID)
+	ce, err := e.ClientEvent(r.Context(), ev, p.UserID, p.DeviceID)
+	if err != nil {
+		return nil, err
+	}
+	ces := []ClientEvent{ce}
+	if err := e.BundleAggregations(r.Context(), p.UserID, p.DeviceID, []*Event{ev}, ces); err != nil {
+		return nil, err
+	}
+	return ces[0], nil
 }
 
 func (e *Engine) handleRedact(r *http.Request, p *httpx.Principal) (any, error) {

@@ -26,13 +26,13 @@ type visibilityAt struct {
 type Visibility struct {
 	e             *Engine
 	userID        string
-	currentlyJoin map[string]bool // room → user is joined now
+	sharedUntil   map[string]int64 // room → last stream position of shared history the user may see
 	cache         map[int64]visibilityAt
 }
 
 // NewVisibility returns a visibility checker for userID.
 func (e *Engine) NewVisibility(userID string) *Visibility {
-	return &Visibility{e: e, userID: userID, currentlyJoin: map[string]bool{}, cache: map[int64]visibilityAt{}}
+	return &Visibility{e: e, userID: userID, sharedUntil: map[string]int64{}, cache: map[int64]visibilityAt{}}
 }
 
 // Filter returns the events the user may see, in order.
@@ -77,21 +77,51 @@ func (v *Visibility) CanSee(ctx context.Context, ev *Event) (bool, error) {
 	case at.visibility == VisInvited && membership == spec.Invite:
 		return true, nil
 	case at.visibility == VisShared:
-		return v.joinedNow(ctx, ev.RoomID().String())
+		until, err := v.sharedLimit(ctx, ev.RoomID().String())
+		return ev.Pos <= until, err
 	}
 	return false, nil
 }
 
-func (v *Visibility) joinedNow(ctx context.Context, roomID string) (bool, error) {
-	if j, ok := v.currentlyJoin[roomID]; ok {
-		return j, nil
+// sharedLimit is the last stream position up to which "shared" history is
+// visible to the user: everything while they are joined now; up to their
+// departure when they were joined right before leaving; nothing otherwise.
+func (v *Visibility) sharedLimit(ctx context.Context, roomID string) (int64, error) {
+	if until, ok := v.sharedUntil[roomID]; ok {
+		return until, nil
 	}
-	m, err := v.e.Membership(ctx, roomID, v.userID)
+	until := int64(-1 << 62)
+	mem, err := v.e.CurrentStateEvent(ctx, roomID, spec.MRoomMember, v.userID)
 	if err != nil {
-		return false, err
+		return 0, err
 	}
-	v.currentlyJoin[roomID] = m == spec.Join
-	return m == spec.Join, nil
+	if mem != nil {
+		m, _ := mem.Membership()
+		switch m {
+		case spec.Join:
+			until = 1<<63 - 1
+		case spec.Leave, spec.Ban:
+			before, err := v.e.loadSnapshot(ctx, mem.StateBefore)
+			if err != nil {
+				return 0, err
+			}
+			ri, err := v.e.room(ctx, roomID)
+			if err != nil {
+				return 0, err
+			}
+			prev, err := v.e.stateEvent(ctx, ri, before, spec.MRoomMember, v.userID)
+			if err != nil {
+				return 0, err
+			}
+			if prev != nil {
+				if pm, _ := prev.Membership(); pm == spec.Join {
+					until = mem.Pos
+				}
+			}
+		}
+	}
+	v.sharedUntil[roomID] = until
+	return until, nil
 }
 
 func (v *Visibility) at(ctx context.Context, ev *Event) (visibilityAt, error) {
