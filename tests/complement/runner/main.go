@@ -10,7 +10,7 @@
 //
 //	summary.txt   per-package pass/fail/skip counts, regressions, failing tests
 //	failing.txt   every failing test and subtest with its first error line
-//	results.json  the raw `go test -json` stream
+//	results.json.gz  the raw `go test -json` stream
 //	output/       the plain test output of each package
 //	logs/         server logs of the deployments of failed tests
 //
@@ -19,6 +19,7 @@ package main
 
 import (
 	"bufio"
+	"compress/gzip"
 	"flag"
 	"fmt"
 	"io"
@@ -62,6 +63,7 @@ type options struct {
 	updatePassing bool
 	selftest      bool
 	noRerun       bool
+	budget        time.Duration
 	passingPath   string
 }
 
@@ -88,6 +90,7 @@ func run() (int, error) {
 	flag.BoolVar(&o.buildOnly, "build-only", false, "only compile the deployer and the test packages (go vet)")
 	flag.BoolVar(&o.updatePassing, "update-passing", false, "rewrite passing.txt from this run's results")
 	flag.BoolVar(&o.selftest, "selftest", false, "run the deployer's own test (Deploy, Pause, Stop/Start, Restart, Destroy) instead of Complement's")
+	flag.DurationVar(&o.budget, "budget", 14*time.Minute, "reruns after a crash only use what is left of this much wall time (each gets at most -timeout)")
 	flag.BoolVar(&o.noRerun, "no-rerun", false, "do not rerun the rest of a package after it panicked or timed out")
 	flag.StringVar(&o.passingPath, "passing", filepath.Join(here, "passing.txt"), "the list of tests expected to pass")
 	flag.Usage = func() {
@@ -188,15 +191,14 @@ func run() (int, error) {
 	// go test.
 	base := []string{"test", "-json", "-count=1",
 		"-p", strconv.Itoa(o.pkgParallel),
-		"-parallel", strconv.Itoa(o.testParallel),
-		"-timeout", o.timeout.String()}
+		"-parallel", strconv.Itoa(o.testParallel)}
 	if o.tags != "" {
 		base = append(base, "-tags", o.tags)
 	}
 	if o.runRE != "" {
 		base = append(base, "-run", o.runRE)
 	}
-	args := append([]string(nil), base...)
+	args := append(append([]string(nil), base...), "-timeout", o.timeout.String())
 	if o.skipRE != "" {
 		args = append(args, "-skip", o.skipRE)
 	}
@@ -207,12 +209,16 @@ func run() (int, error) {
 		return 0, err
 	}
 	defer stderrFile.Close()
-	raw, err := os.Create(filepath.Join(o.out, "results.json"))
+	// The raw stream can reach hundreds of megabytes when a test polls in a
+	// tight loop (every request is logged); it compresses ~50×.
+	raw, err := os.Create(filepath.Join(o.out, "results.json.gz"))
 	if err != nil {
 		return 0, err
 	}
 	defer raw.Close()
-	rawBuf := bufio.NewWriter(raw)
+	rawGz := gzip.NewWriter(raw)
+	defer rawGz.Close()
+	rawBuf := bufio.NewWriterSize(rawGz, 1<<20)
 	defer rawBuf.Flush()
 	text := &outputFiles{dir: filepath.Join(o.out, "output"), verbose: o.verbose}
 	defer text.close()
@@ -260,6 +266,14 @@ func run() (int, error) {
 				if p.Status != "panic" && p.Status != "timeout" {
 					continue
 				}
+				left := o.budget - time.Since(started)
+				if left > o.timeout {
+					left = o.timeout
+				}
+				if left < time.Minute {
+					fmt.Printf("== not rerunning %s: less than a minute of the -budget left\n", pn)
+					continue
+				}
 				started := p.topLevelNames()
 				skip := "^(" + strings.Join(started, "|") + ")$"
 				if o.skipRE != "" {
@@ -267,7 +281,7 @@ func run() (int, error) {
 				}
 				before := len(p.tests)
 				fmt.Printf("== rerunning %s without the %d tests that already ran (the package ended with a %s)\n", pn, len(started), p.Status)
-				rerun := append(append([]string(nil), base...), "-skip", skip, "./"+pn)
+				rerun := append(append([]string(nil), base...), "-timeout", left.Round(time.Second).String(), "-skip", skip, "./"+pn)
 				if err := gt.run(rerun); err != nil {
 					return 0, err
 				}

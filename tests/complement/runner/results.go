@@ -37,7 +37,8 @@ type testResult struct {
 	Name           string // TestFoo or TestFoo/sub/test
 	Status         string
 	Elapsed        time.Duration
-	failedSubtests int // at any depth
+	failedSubtests int    // at any depth
+	firstRed       string // the first line Complement printed in red, kept even past the output cap
 	output         strings.Builder
 }
 
@@ -45,6 +46,9 @@ type testResult struct {
 func (r *testResult) TopLevel() bool { return !strings.Contains(r.Name, "/") }
 
 func (r *testResult) appendOutput(s string) {
+	if r.firstRed == "" && strings.Contains(s, "\x1b[31m") {
+		r.firstRed = s
+	}
 	const max = 256 << 10
 	if r.output.Len() < max {
 		r.output.WriteString(s)
@@ -326,12 +330,10 @@ func stripANSI(s string) string { return ansiRE.ReplaceAllString(s, "") }
 // whose subtests failed, a pointer to them; else the first t.Error/t.Skip
 // style line that is not a request log, a warning or a deployer note.
 func (r *testResult) reason() string {
-	lines := strings.Split(r.output.String(), "\n")
-	for _, l := range lines {
-		if strings.Contains(l, "\x1b[31m") {
-			return clean(l)
-		}
+	if r.firstRed != "" {
+		return clean(r.firstRed)
 	}
+	lines := strings.Split(r.output.String(), "\n")
 	if r.failedSubtests > 0 && r.Status != statusSkip {
 		return fmt.Sprintf("(%d subtests failed)", r.failedSubtests)
 	}
