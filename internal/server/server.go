@@ -78,6 +78,12 @@ func New(ctx context.Context, cfg *config.Config) (*Server, error) {
 		s.Rooms.SendLimiter = httpx.NewLimiter(cfg.RateLimits.SendPerSecond, cfg.RateLimits.SendBurst)
 	}
 	s.Accounts.Hooks.RoomExists = s.Rooms.RoomExists
+	s.Accounts.Hooks.Deactivated = func(ctx context.Context, userID string) {
+		// The account is gone whatever the client does now: finish leaving.
+		if err := s.Rooms.LeaveAllRooms(context.WithoutCancel(ctx), userID); err != nil {
+			slog.Error("deactivated account: leaving rooms", "user", userID, "err", err)
+		}
+	}
 	s.Sync = sync.New(d, s.Rooms, s.Accounts, cfg.Presence)
 	s.Rooms.NewEvents = s.Sync.OnNewEvents
 	s.Accounts.Hooks.AccountDataChanged = s.Sync.OnAccountData
