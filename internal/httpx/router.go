@@ -35,6 +35,7 @@ type Router struct {
 	mux     *http.ServeMux
 	auth    Authenticator
 	maxBody int64
+	routes  []Route // every registered pattern, for Routes
 }
 
 // NewRouter returns a Router using auth for access tokens and limiting JSON
@@ -45,27 +46,34 @@ func NewRouter(auth Authenticator, maxBody int64) *Router {
 
 // Raw registers a plain http.Handler (media streams, metrics). It gets no
 // body limit from the router.
-func (rt *Router) Raw(pattern string, h http.Handler) { rt.mux.Handle(pattern, h) }
+func (rt *Router) Raw(pattern string, h http.Handler) {
+	rt.record(pattern, RouteRaw)
+	rt.mux.Handle(pattern, h)
+}
 
 // Public registers an endpoint that needs no access token.
 func (rt *Router) Public(pattern string, h Handler) {
+	rt.record(pattern, RoutePublic)
 	rt.mux.Handle(pattern, rt.jsonHandler(h))
 }
 
 // Authed registers an endpoint that needs an access token of a full
 // (non-guest) account.
 func (rt *Router) Authed(pattern string, h AuthHandler) {
+	rt.record(pattern, RouteAuthed)
 	rt.mux.Handle(pattern, rt.jsonHandler(rt.requireAuth(h, false)))
 }
 
 // AuthedGuestOK registers an endpoint that guests may use too.
 func (rt *Router) AuthedGuestOK(pattern string, h AuthHandler) {
+	rt.record(pattern, RouteGuestOK)
 	rt.mux.Handle(pattern, rt.jsonHandler(rt.requireAuth(h, true)))
 }
 
 // OptionalAuth registers an endpoint that works with or without a token: the
 // Principal is nil when the request carries none.
 func (rt *Router) OptionalAuth(pattern string, h AuthHandler) {
+	rt.record(pattern, RouteOptionalAuth)
 	rt.mux.Handle(pattern, rt.jsonHandler(func(r *http.Request) (any, error) {
 		if AccessToken(r) == "" {
 			return h(r, nil)
