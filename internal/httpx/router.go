@@ -5,6 +5,7 @@ import (
 	"errors"
 	"net/http"
 	"strings"
+	"unicode/utf8"
 )
 
 // Principal is the authenticated caller of a client-API request.
@@ -133,6 +134,10 @@ func (rt *Router) jsonHandler(h Handler) http.Handler {
 		if r.Body != nil {
 			r.Body = http.MaxBytesReader(w, r.Body, rt.maxBody)
 		}
+		if err := checkRequestText(r); err != nil {
+			WriteError(w, r, err)
+			return
+		}
 		v, err := h(r)
 		if err != nil {
 			WriteError(w, r, err)
@@ -152,6 +157,32 @@ func (rt *Router) jsonHandler(h Handler) http.Handler {
 		WriteJSON(w, http.StatusOK, v)
 	})
 }
+
+// checkRequestText refuses a path or query that holds a NUL character or
+// invalid UTF-8. No Matrix identifier or parameter contains them, and
+// PostgreSQL cannot store them, so letting them through turns into a 500
+// deep inside a handler.
+func checkRequestText(r *http.Request) error {
+	if !cleanText(r.URL.Path) {
+		return InvalidParam("The request path contains a NUL character or invalid UTF-8")
+	}
+	if r.URL.RawQuery == "" {
+		return nil
+	}
+	for name, values := range r.URL.Query() {
+		ok := cleanText(name)
+		for _, v := range values {
+			ok = ok && cleanText(v)
+		}
+		if !ok {
+			return InvalidParam("Query parameter %q contains a NUL character or invalid UTF-8", name)
+		}
+	}
+	return nil
+}
+
+// cleanText reports whether s is valid UTF-8 without NUL characters.
+func cleanText(s string) bool { return utf8.ValidString(s) && strings.IndexByte(s, 0) < 0 }
 
 // ServeHTTP dispatches a request. Requests no pattern matches are answered
 // with M_UNRECOGNIZED: 404 for an unknown path, 405 for a known path with the
