@@ -8,6 +8,7 @@ import (
 	"log/slog"
 	"net/http"
 	"strings"
+	"unicode/utf8"
 )
 
 // Empty is the body of a successful response that carries nothing: {}.
@@ -66,6 +67,11 @@ func UnmarshalJSON(raw []byte, v any) error {
 	}
 	if !json.Valid(trimmed) {
 		return NotJSON("Request body is not valid JSON")
+	}
+	// JSON text is UTF-8 (RFC 8259); the decoder would let invalid bytes
+	// through in raw values that are stored as they are.
+	if !utf8.Valid(trimmed) {
+		return NotJSON("Request body is not valid UTF-8")
 	}
 	if trimmed[0] != '{' {
 		return BadJSON("Request body must be a JSON object")
