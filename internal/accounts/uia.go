@@ -98,6 +98,9 @@ func (s *Service) CheckUIA(ctx context.Context, u UIA, auth *AuthDict) (*UIAResu
 			return nil, s.uiaChallenge(u, sid, completed, httpx.BadJSON("Authentication stage %q is not offered here", auth.Type))
 		}
 		if err := s.checkStage(ctx, u, auth, &data); err != nil {
+			if err == errWrongUser {
+				return nil, err
+			}
 			return nil, s.uiaChallenge(u, sid, completed, err)
 		}
 		completed = append(completed, auth.Type)
@@ -114,6 +117,10 @@ func (s *Service) CheckUIA(ctx context.Context, u UIA, auth *AuthDict) (*UIAResu
 	return nil, s.uiaChallenge(u, sid, completed, nil)
 }
 
+// errWrongUser is the answer to a password stage naming another user than
+// the one the request acts for.
+var errWrongUser = httpx.Forbidden("Authentication must be for the requesting user")
+
 // checkStage verifies one stage's credentials.
 func (s *Service) checkStage(ctx context.Context, u UIA, auth *AuthDict, data *uiaData) error {
 	switch auth.Type {
@@ -129,7 +136,9 @@ func (s *Service) checkStage(ctx context.Context, u UIA, auth *AuthDict, data *u
 		}
 		local, ok := s.LocalpartOf(user)
 		if !ok || s.UserID(local) != u.UserID {
-			return httpx.Forbidden("Invalid username or password")
+			// Authenticating as someone else is refused outright (403), not
+			// answered with another challenge.
+			return errWrongUser
 		}
 		acct, err := s.GetUser(ctx, u.UserID)
 		if err != nil {

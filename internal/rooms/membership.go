@@ -41,7 +41,38 @@ func (e *Engine) SetMembership(ctx context.Context, roomID, sender, target, memb
 	if err != nil {
 		return nil, err
 	}
+	if membership == spec.Join || membership == spec.Invite {
+		// Coming back un-forgets the room.
+		if _, err := e.db.Exec(ctx, `DELETE FROM forgotten_rooms WHERE user_id = $1 AND room_id = $2`, target, roomID); err != nil {
+			return nil, err
+		}
+	}
 	return evs[0], nil
+}
+
+// IsForgotten reports whether the user forgot the room.
+func (e *Engine) IsForgotten(ctx context.Context, userID, roomID string) (bool, error) {
+	var n int
+	err := e.db.QueryRow(ctx, `SELECT COUNT(*) FROM forgotten_rooms WHERE user_id = $1 AND room_id = $2`, userID, roomID).Scan(&n)
+	return n > 0, err
+}
+
+// ForgottenRooms lists the rooms a user forgot.
+func (e *Engine) ForgottenRooms(ctx context.Context, userID string) (map[string]bool, error) {
+	rows, err := e.db.Query(ctx, `SELECT room_id FROM forgotten_rooms WHERE user_id = $1`, userID)
+	if err != nil {
+		return nil, err
+	}
+	defer rows.Close()
+	out := map[string]bool{}
+	for rows.Next() {
+		var id string
+		if err := rows.Scan(&id); err != nil {
+			return nil, err
+		}
+		out[id] = true
+	}
+	return out, rows.Err()
 }
 
 type reasonBody struct {
@@ -70,9 +101,24 @@ func (e *Engine) resolveRoomIDOrAlias(ctx context.Context, s string) (string, er
 }
 
 func (e *Engine) join(r *http.Request, p *httpx.Principal, roomID string) (any, error) {
-	var body reasonBody
+	// Extra keys of the body go into the member event, as Synapse does
+	// (clients use it for custom membership content).
+	var body map[string]json.RawMessage
 	if err := httpx.DecodeOptionalJSON(r, &body); err != nil {
 		return nil, err
+	}
+	var reason string
+	extra := map[string]any{}
+	for k, v := range body {
+		switch k {
+		case "reason":
+			if err := json.Unmarshal(v, &reason); err != nil {
+				return nil, httpx.BadJSON("reason must be a string")
+			}
+		case "membership", "third_party_signed", "displayname", "avatar_url":
+		default:
+			extra[k] = v
+		}
 	}
 	ctx := r.Context()
 	exists, err := e.RoomExists(ctx, roomID)
@@ -88,7 +134,7 @@ func (e *Engine) join(r *http.Request, p *httpx.Principal, roomID string) (any, 
 	} else if m == spec.Join {
 		return map[string]string{"room_id": roomID}, nil
 	}
-	if _, err := e.SetMembership(ctx, roomID, p.UserID, p.UserID, spec.Join, body.Reason, nil); err != nil {
+	if _, err := e.SetMembership(ctx, roomID, p.UserID, p.UserID, spec.Join, reason, extra); err != nil {
 		return nil, err
 	}
 	return map[string]string{"room_id": roomID}, nil
@@ -330,6 +376,12 @@ func (e *Engine) handleJoinedMembers(r *http.Request, p *httpx.Principal) (any, 
 	ri, state, err := e.readableState(ctx, roomID, p.UserID)
 	if err != nil {
 		return nil, err
+	}
+	// Unlike /members, the joined list is for current members only.
+	if m, err := e.Membership(ctx, roomID, p.UserID); err != nil {
+		return nil, err
+	} else if m != spec.Join && !p.IsAdmin {
+		return nil, httpx.Forbidden("You are not joined to this room")
 	}
 	evs, err := e.memberEvents(ctx, ri, state)
 	if err != nil {

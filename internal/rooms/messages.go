@@ -113,6 +113,9 @@ func (e *Engine) windowFor(ctx context.Context, ri *roomInfo, userID string) (*w
 		}
 	}
 	if mem != nil && (membership == spec.Leave || membership == spec.Ban) {
+		if forgot, err := e.IsForgotten(ctx, userID, ri.id); err != nil || forgot {
+			return nil, false, err
+		}
 		w.maxPos = mem.Pos
 		before, err := e.loadSnapshot(ctx, mem.StateBefore)
 		if err != nil {

@@ -100,3 +100,43 @@ func TestRoomLifecycleEveryVersion(t *testing.T) {
 		_ = http.StatusOK
 	})
 }
+
+// TestJoinContentForgetAndJoinedMembers covers custom member content on
+// join, joined_members after leaving, and forgetting a room.
+func TestJoinContentForgetAndJoinedMembers(t *testing.T) {
+	testutil.ForEachBackend(t, func(t *testing.T, b testutil.Backend) {
+		srv := testutil.Start(t, b)
+		alice := srv.NewUser(t, "alice", "pw")
+		bob := srv.NewUser(t, "bob", "pw")
+		r := alice.MustDo(200, "POST", "/_matrix/client/v3/createRoom", map[string]any{"preset": "public_chat"})
+		roomID := r.JSON["room_id"].(string)
+		rp := "/_matrix/client/v3/rooms/" + url.PathEscape(roomID)
+		bob.MustDo(200, "POST", rp+"/join", map[string]any{"foo": "bar", "reason": "hello"})
+		r = alice.MustDo(200, "GET", rp+"/state/m.room.member/"+url.PathEscape(bob.UserID), nil)
+		if r.JSON["foo"] != "bar" || r.JSON["reason"] != "hello" || r.JSON["membership"] != "join" {
+			t.Fatalf("custom join content: %s", r.Body)
+		}
+		bob.MustDo(200, "POST", rp+"/leave", map[string]any{})
+		if r := bob.Do("GET", rp+"/joined_members", nil); r.Status != 403 {
+			t.Fatalf("joined_members after leave: %d", r.Status)
+		}
+		// Left but not forgotten: history up to the leave is readable.
+		bob.MustDo(200, "GET", rp+"/messages?dir=b&limit=5", nil)
+		if r := alice.Do("POST", rp+"/forget", map[string]any{}); r.Status != 400 {
+			t.Fatalf("forgetting a joined room: %d", r.Status)
+		}
+		bob.MustDo(200, "POST", rp+"/forget", map[string]any{})
+		if r := bob.Do("GET", rp+"/messages?dir=b&limit=5", nil); r.Status != 403 {
+			t.Fatalf("messages of a forgotten room: %d", r.Status)
+		}
+		r = bob.MustDo(200, "GET", "/_matrix/client/v3/sync?filter="+url.QueryEscape(`{"room":{"include_leave":true}}`), nil)
+		rooms, _ := r.JSON["rooms"].(map[string]any)
+		if leave, _ := rooms["leave"].(map[string]any); leave[roomID] != nil {
+			t.Fatalf("forgotten room in include_leave sync")
+		}
+		// Joining again un-forgets it.
+		bob.MustDo(200, "POST", rp+"/join", map[string]any{})
+		bob.MustDo(200, "POST", rp+"/leave", map[string]any{})
+		bob.MustDo(200, "GET", rp+"/messages?dir=b&limit=5", nil)
+	})
+}

@@ -3,7 +3,10 @@ package server
 import (
 	"net/http"
 
+	"github.com/matrix-org/gomatrixserverlib"
+
 	"github.com/palpo-go/palpo/internal/httpx"
+	"github.com/palpo-go/palpo/internal/rooms"
 )
 
 // specVersions are the client-server spec versions Palpo answers for.
@@ -35,7 +38,12 @@ func (s *Server) infoRoutes(rt *httpx.Router) {
 		return map[string]string{"m.server": s.Config.WellKnown.Server}, nil
 	})
 	capabilities := func(r *http.Request, p *httpx.Principal) (any, error) {
+		versions := map[string]string{}
+		for v := range gomatrixserverlib.StableRoomVersions() {
+			versions[string(v)] = "stable"
+		}
 		return map[string]any{"capabilities": map[string]any{
+			"m.room_versions":   map[string]any{"default": string(rooms.DefaultRoomVersion), "available": versions},
 			"m.change_password": map[string]bool{"enabled": true},
 			"m.set_displayname": map[string]bool{"enabled": true},
 			"m.set_avatar_url":  map[string]bool{"enabled": true},

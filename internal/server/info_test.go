@@ -50,6 +50,10 @@ func TestDiscoveryEndpoints(t *testing.T) {
 		if _, ok := r.JSON["capabilities"].(map[string]any)["m.change_password"]; !ok {
 			t.Errorf("capabilities: %s", r.Body)
 		}
+		rv, _ := r.JSON["capabilities"].(map[string]any)["m.room_versions"].(map[string]any)
+		if rv["default"] != "12" || rv["available"].(map[string]any)["1"] != "stable" {
+			t.Errorf("m.room_versions: %v", rv)
+		}
 		// r0 paths are served by the v3 routes.
 		u.MustDo(http.StatusOK, "GET", "/_matrix/client/r0/capabilities", nil)
 	})

@@ -86,6 +86,12 @@ func (s *Service) roomsSection(ctx context.Context, rq *Request) (*RoomsSection,
 	leave := map[string]roomWork{}
 	var invites, knocks []string
 	if rq.Initial {
+		var forgotten map[string]bool
+		if includeLeave {
+			if forgotten, err = s.rooms.ForgottenRooms(ctx, rq.UserID); err != nil {
+				return nil, err
+			}
+		}
 		for roomID, m := range memberships {
 			switch m {
 			case spec.Join:
@@ -95,7 +101,7 @@ func (s *Service) roomsSection(ctx context.Context, rq *Request) (*RoomsSection,
 			case spec.Knock:
 				knocks = append(knocks, roomID)
 			case spec.Leave, spec.Ban:
-				if includeLeave {
+				if includeLeave && !forgotten[roomID] {
 					leave[roomID] = roomWork{since: -1}
 				}
 			}
