@@ -135,7 +135,9 @@ func (e *Engine) StateAtStreamPos(ctx context.Context, roomID string, pos int64)
 }
 
 // Snapshot returns the full state of a state snapshot.
-func (e *Engine) Snapshot(ctx context.Context, id int64) (StateMap, error) { return e.loadSnapshot(ctx, id) }
+func (e *Engine) Snapshot(ctx context.Context, id int64) (StateMap, error) {
+	return e.loadSnapshot(ctx, id)
+}
 
 // RoomStateEvents loads the events of a state map of a room.
 func (e *Engine) RoomStateEvents(ctx context.Context, roomID string, m StateMap) ([]*Event, error) {

@@ -24,10 +24,10 @@ type visibilityAt struct {
 // Visibility decides which events a user may see (client-server spec,
 // "History visibility"). Create one per request: it caches per snapshot.
 type Visibility struct {
-	e             *Engine
-	userID        string
-	sharedUntil   map[string]int64 // room → last stream position of shared history the user may see
-	cache         map[int64]visibilityAt
+	e           *Engine
+	userID      string
+	sharedUntil map[string]int64 // room → last stream position of shared history the user may see
+	cache       map[int64]visibilityAt
 }
 
 // NewVisibility returns a visibility checker for userID.
