@@ -2,6 +2,7 @@ package accounts
 
 import (
 	"net/http"
+	"strings"
 	"unicode/utf8"
 
 	"github.com/palpo-go/palpo/internal/httpx"
@@ -78,6 +79,9 @@ func (s *Service) putDevice(r *http.Request, p *httpx.Principal) (any, error) {
 	if utf8.RuneCountInString(*req.DisplayName) > maxDeviceNameLen {
 		return nil, httpx.InvalidParam("display_name is longer than %d characters", maxDeviceNameLen)
 	}
+	if err := checkDeviceText("", *req.DisplayName); err != nil {
+		return nil, err
+	}
 	ok, err := s.SetDeviceDisplayName(ctx, p.UserID, deviceID, *req.DisplayName)
 	if err != nil {
 		return nil, err
@@ -131,4 +135,17 @@ func (s *Service) postDeleteDevices(r *http.Request, p *httpx.Principal) (any, e
 		}
 	}
 	return httpx.Empty, nil
+}
+
+// checkDeviceText refuses a client-chosen device ID or device display name
+// holding a NUL character: PostgreSQL cannot store one (the request would
+// fail as a 500) and no client needs it.
+func checkDeviceText(deviceID, displayName string) error {
+	if strings.ContainsRune(deviceID, 0) {
+		return httpx.InvalidParam("device_id must not contain NUL characters")
+	}
+	if strings.ContainsRune(displayName, 0) {
+		return httpx.InvalidParam("The device display name must not contain NUL characters")
+	}
+	return nil
 }

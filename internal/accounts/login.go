@@ -92,6 +92,9 @@ func (s *Service) postLogin(r *http.Request) (any, error) {
 	if len(req.DeviceID) > maxDeviceIDLen {
 		return nil, httpx.InvalidParam("device_id is longer than %d bytes", maxDeviceIDLen)
 	}
+	if err := checkDeviceText(req.DeviceID, req.InitialDeviceDisplayName); err != nil {
+		return nil, err
+	}
 	var userID string
 	var err error
 	switch req.Type {

@@ -127,6 +127,9 @@ func (s *Service) registerGuest(r *http.Request, deviceDisplayName string) (any,
 	if !s.cfg.AllowGuests {
 		return nil, httpx.NewError(http.StatusForbidden, "M_GUEST_ACCESS_FORBIDDEN", "Guest access is disabled")
 	}
+	if err := checkDeviceText("", deviceDisplayName); err != nil {
+		return nil, err
+	}
 	u, err := s.createAccount(r.Context(), "", "", false, true, nil)
 	if err != nil {
 		return nil, err
@@ -203,7 +206,7 @@ func (p newLoginParams) check() error {
 	if len(p.DeviceID) > maxDeviceIDBytes {
 		return httpx.InvalidParam("device_id is longer than %d bytes", maxDeviceIDBytes)
 	}
-	return nil
+	return checkDeviceText(p.DeviceID, p.InitialDeviceDisplayName)
 }
 
 // createAccount creates a user with localpart, or with a generated numeric
