@@ -219,6 +219,9 @@ func normalizeProfileValue(key string, value json.RawMessage) (json.RawMessage, 
 		if !isJSONString(value) || json.Unmarshal(value, &str) != nil {
 			return nil, httpx.InvalidParam("%s must be a string", key)
 		}
+		if strings.ContainsRune(str, 0) {
+			return nil, httpx.InvalidParam("%s must not contain NUL characters", key)
+		}
 	default:
 		if !json.Valid(value) {
 			return nil, httpx.BadJSON("The value of %s is not valid JSON", key)
