@@ -165,6 +165,7 @@ func (s *Service) handleReadMarkers(r *http.Request, p *httpx.Principal) (any, e
 	if err := httpx.DecodeJSON(r, &body); err != nil {
 		return nil, err
 	}
+	marked := false
 	for _, typ := range []string{FullyRead, ReceiptRead, ReceiptReadPrivate} {
 		raw, ok := body[typ]
 		if !ok {
@@ -175,6 +176,14 @@ func (s *Service) handleReadMarkers(r *http.Request, p *httpx.Principal) (any, e
 			return nil, httpx.BadJSON("%s must be an event ID", typ)
 		}
 		if err := s.markRead(r.Context(), p.UserID, roomID, typ, eventID, ""); err != nil {
+			return nil, err
+		}
+		marked = true
+	}
+	if !marked {
+		// Nothing to mark, but a room the user is not in is still an error
+		// (markRead checks membership otherwise).
+		if err := s.requireJoined(r.Context(), roomID, p.UserID); err != nil {
 			return nil, err
 		}
 	}
