@@ -6,6 +6,7 @@ import (
 
 	"github.com/matrix-org/gomatrixserverlib/spec"
 
+	"github.com/palpo-go/palpo/internal/config"
 	"github.com/palpo-go/palpo/internal/httpx"
 )
 
@@ -33,10 +34,22 @@ func (e *Engine) handleCreateRoom(r *http.Request, p *httpx.Principal) (any, err
 // roomIDParam validates the {roomId} path parameter.
 func roomIDParam(r *http.Request) (string, error) {
 	id := r.PathValue("roomId")
-	if !strings.HasPrefix(id, "!") || len(id) > 255 {
+	if !validSigilID(id, '!') {
 		return "", httpx.InvalidParam("Invalid room ID %q", id)
 	}
 	return id, nil
+}
+
+// validSigilID checks the grammar room and event IDs share: the sigil, a
+// non-empty opaque part, at most 255 bytes and, for the IDs that name their
+// server (rooms before version 12, events of versions 1 and 2), a valid
+// server name after the first colon.
+func validSigilID(id string, sigil byte) bool {
+	if len(id) < 2 || len(id) > 255 || id[0] != sigil {
+		return false
+	}
+	local, server, ok := strings.Cut(id[1:], ":")
+	return !ok || (local != "" && config.ValidateServerName(server) == nil)
 }
 
 // userIDParam validates a user ID from a path or body.
