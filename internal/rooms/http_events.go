@@ -254,6 +254,10 @@ func (e *Engine) handleRedact(r *http.Request, p *httpx.Principal) (any, error) 
 	if err != nil {
 		return nil, err
 	}
+	redacts := r.PathValue("eventId")
+	if !validSigilID(redacts, '$') {
+		return nil, httpx.InvalidParam("Invalid event ID %q", redacts)
+	}
 	var body struct {
 		Reason string `json:"reason,omitempty"`
 	}
@@ -265,7 +269,7 @@ func (e *Engine) handleRedact(r *http.Request, p *httpx.Principal) (any, error) 
 		content["reason"] = body.Reason
 	}
 	return e.sendIdempotent(r.Context(), roomID, p, r.PathValue("txnId"), EventSpec{
-		Sender: p.UserID, Type: spec.MRoomRedaction, Content: content, Redacts: r.PathValue("eventId"),
+		Sender: p.UserID, Type: spec.MRoomRedaction, Content: content, Redacts: redacts,
 	})
 }
 
