@@ -5,6 +5,7 @@ import (
 	"database/sql"
 	"embed"
 	"fmt"
+	"hash/fnv"
 	"io/fs"
 	"log/slog"
 
@@ -32,7 +33,13 @@ func migrate(ctx context.Context, d *DB) error {
 	// order; apply any that are missing instead of refusing to start.
 	opts = append(opts, goose.WithLogger(goose.NopLogger()), goose.WithAllowOutofOrder(true))
 	if d.Dialect == Postgres {
-		locker, err := lock.NewPostgresSessionLocker()
+		// The advisory lock is per database; schemas in one database (one
+		// per test, or several deployments) must not queue behind each
+		// other, so the lock ID comes from the schema the connection uses.
+		locker, err := lock.NewPostgresSessionLocker(
+			lock.WithLockID(int64(schemaLockID(ctx, d))),
+			lock.WithLockTimeout(1, 300), // retry every second, for 5 minutes
+		)
 		if err != nil {
 			return err
 		}
@@ -50,6 +57,17 @@ func migrate(ctx context.Context, d *DB) error {
 		slog.Debug("database migration applied", "version", r.Source.Version, "path", r.Source.Path)
 	}
 	return nil
+}
+
+// schemaLockID derives the migration lock ID from the current schema.
+func schemaLockID(ctx context.Context, d *DB) uint32 {
+	var schema string
+	if err := d.w.QueryRowContext(ctx, `SELECT current_schema()`).Scan(&schema); err != nil {
+		schema = "public"
+	}
+	h := fnv.New32a()
+	h.Write([]byte("palpo-migrations:" + schema))
+	return h.Sum32()
 }
 
 // Raw exposes the underlying writer pool for tools that need database/sql
