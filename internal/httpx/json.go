@@ -41,7 +41,13 @@ func WriteJSON(w http.ResponseWriter, status int, v any) {
 func WriteError(w http.ResponseWriter, r *http.Request, err error) {
 	var me *Error
 	if !errors.As(err, &me) {
-		slog.Error("request failed", "method", r.Method, "path", r.URL.Path, "err", err)
+		if r.Context().Err() != nil {
+			// The client went away (a long-poll cancelled, a closed tab):
+			// nobody reads the answer and nothing is wrong with the server.
+			slog.Debug("request abandoned by the client", "method", r.Method, "path", r.URL.Path, "err", err)
+		} else {
+			slog.Error("request failed", "method", r.Method, "path", r.URL.Path, "err", err)
+		}
 		me = Unknown("Internal server error")
 	}
 	WriteJSON(w, me.Status, me.body())

@@ -190,6 +190,7 @@ func cleanText(s string) bool { return utf8.ValidString(s) && strings.IndexByte(
 func (rt *Router) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	setCORS(w.Header())
 	if r.Method == http.MethodOptions {
+		w.Header().Set("Content-Type", "application/json")
 		w.WriteHeader(http.StatusOK)
 		_, _ = w.Write([]byte("{}"))
 		return
