@@ -82,6 +82,8 @@ type FederationConfig struct {
 	CAFile       string `yaml:"ca_file" doc:"PEM file of extra root certificates trusted for outbound federation (test networks)."`
 	Resolve      string `yaml:"resolve" doc:"Comma-separated name=host:port overrides of server discovery, e.g. hs1=127.0.0.1:8448."`
 	AllowPrivate bool   `yaml:"allow_private" doc:"Allow outbound federation to loopback, private and link-local addresses."`
+
+	TrustedKeyServers string `yaml:"trusted_key_servers" doc:"Comma-separated notary servers asked for the signing keys of servers that cannot be reached directly: name, or name=ed25519:<version>:<base64 key> to pin the notary's key. Empty: keys are only fetched directly."`
 }
 
 // WellKnownConfig controls the /.well-known/matrix documents.
@@ -213,6 +215,9 @@ func (c *Config) Validate() error {
 	}
 	if _, err := c.ResolveMap(); err != nil {
 		return bad("federation.resolve", "%v", err)
+	}
+	if _, err := c.TrustedKeyServers(); err != nil {
+		return bad("federation.trusted_key_servers", "%v", err)
 	}
 	return nil
 }
