@@ -34,6 +34,7 @@ type Server struct {
 	Accounts   *accounts.Service
 	Rooms      *rooms.Engine
 	Sync       *sync.Service
+	Federation *federation.Federation
 
 	// NewSigningKey is true when this start created the signing key (first
 	// start of a fresh data directory).
@@ -65,6 +66,10 @@ func New(ctx context.Context, cfg *config.Config) (*Server, error) {
 		return nil, err
 	}
 	s := &Server{Config: cfg, DB: d, SigningKey: key, NewSigningKey: created, errs: make(chan error, 2)}
+	if s.Federation, err = federation.New(cfg, d, key); err != nil {
+		d.Close()
+		return nil, err
+	}
 
 	var lim accounts.Limiters
 	if cfg.RateLimitEnabled() {
@@ -92,6 +97,7 @@ func New(ctx context.Context, cfg *config.Config) (*Server, error) {
 	s.Accounts.Routes(s.router)
 	s.Rooms.Routes(s.router)
 	s.Sync.Routes(s.router)
+	s.Federation.Routes(s.router)
 	s.infoRoutes(s.router)
 
 	var reg prometheus.Registerer // nil: metrics off

@@ -68,6 +68,12 @@ func WithServerName(name string) Option { return func(c *config.Config) { c.Serv
 // own loopback address.
 func Start(t testing.TB, b Backend, opts ...Option) *Server {
 	t.Helper()
+	return start(t, b, nil, opts...)
+}
+
+// start is Start with an optional TLS federation listener (see Network).
+func start(t testing.TB, b Backend, fed net.Listener, opts ...Option) *Server {
+	t.Helper()
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
 		t.Fatal(err)
@@ -94,7 +100,7 @@ func Start(t testing.TB, b Backend, opts ...Option) *Server {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if err := srv.Start(ln, nil); err != nil {
+	if err := srv.Start(ln, fed); err != nil {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() {
