@@ -461,7 +461,9 @@ func (s *Service) stateEvents(ctx context.Context, rq *Request, roomID string, m
 	}
 	var kept []*rooms.Event
 	for _, ev := range evs {
-		if inTimeline[ev.EventID()] {
+		// With state_after, clients take state only from that section, so
+		// it repeats state events that are also in the timeline.
+		if inTimeline[ev.EventID()] && !rq.StateAfter {
 			continue
 		}
 		if lazy && ev.Type() == spec.MRoomMember && !senders[*ev.StateKey()] {
@@ -524,7 +526,18 @@ func changedState(prev, next rooms.StateMap) rooms.StateMap {
 // the filter's event_fields.
 func (s *Service) format(ctx context.Context, rq *Request, evs []*rooms.Event) ([]json.RawMessage, error) {
 	out := make([]json.RawMessage, 0, len(evs))
+	federation := rq.Filter != nil && rq.Filter.EventFormat == "federation"
 	for _, ev := range evs {
+		if federation {
+			// The event as servers exchange it (signatures, hashes, auth
+			// and prev events).
+			b := json.RawMessage(ev.JSON())
+			if rq.Filter.EventFields != nil {
+				b = pruneFields(b, rq.Filter.EventFields)
+			}
+			out = append(out, b)
+			continue
+		}
 		ce, err := s.rooms.ClientEvent(ctx, ev, rq.UserID, rq.DeviceID)
 		if err != nil {
 			return nil, err

@@ -468,3 +468,87 @@ func TestPresence(t *testing.T) {
 		}
 	})
 }
+
+func TestSyncFormatsAndStateAfter(t *testing.T) {
+	testutil.ForEachBackend(t, func(t *testing.T, b testutil.Backend) {
+		srv := testutil.Start(t, b)
+		alice := srv.NewUser(t, "alice", "pw")
+		bob := srv.NewUser(t, "bob", "pw")
+		roomID := createRoom(t, alice, map[string]any{"preset": "public_chat", "name": "First"})
+		rp := "/_matrix/client/v3/rooms/" + url.PathEscape(roomID)
+		bob.MustDo(200, "POST", rp+"/join", map[string]any{})
+		alice.MustDo(200, "PUT", rp+"/send/m.room.message/u1", map[string]any{"msgtype": "m.image", "body": "pic", "url": "mxc://x/y"})
+		send(t, alice, roomID, "plain")
+		initial := func(c *testutil.Client, filter string) map[string]any {
+			return (&syncer{c: c}).sync(t, "timeout=0&filter="+url.QueryEscape(filter))
+		}
+		// contains_url
+		resp := initial(alice, `{"room":{"timeline":{"contains_url":true}}}`)
+		if got := timelineBodies(resp, roomID); fmt.Sprint(got) != "[pic]" {
+			t.Errorf("contains_url true: %v", got)
+		}
+		resp = initial(alice, `{"room":{"timeline":{"contains_url":false,"types":["m.room.message"]}}}`)
+		if got := timelineBodies(resp, roomID); fmt.Sprint(got) != "[plain]" {
+			t.Errorf("contains_url false: %v", got)
+		}
+		// event_format federation: events as servers see them.
+		resp = initial(alice, `{"event_format":"federation","room":{"timeline":{"limit":1}}}`)
+		ev := dig(resp, "rooms", "join", roomID, "timeline", "events").([]any)[0].(map[string]any)
+		if ev["signatures"] == nil || ev["hashes"] == nil || ev["auth_events"] == nil {
+			t.Errorf("federation format lacks signatures/hashes/auth_events: %v", ev)
+		}
+		// ephemeral filter: receipts only.
+		eventID := send(t, bob, roomID, "read me")
+		alice.MustDo(200, "POST", rp+"/receipt/m.read/"+url.PathEscape(eventID), map[string]any{})
+		bob.MustDo(200, "PUT", rp+"/typing/"+url.PathEscape(bob.UserID), map[string]any{"typing": true, "timeout": 30000})
+		resp = initial(alice, `{"room":{"ephemeral":{"types":["m.receipt"]}}}`)
+		if ephemeral(resp, roomID, "m.typing") != nil || ephemeral(resp, roomID, "m.receipt") == nil {
+			t.Errorf("ephemeral filter: %v", dig(resp, "rooms", "join", roomID, "ephemeral"))
+		}
+		resp = initial(alice, `{"room":{"ephemeral":{"not_types":["m.receipt"]}}}`)
+		if ephemeral(resp, roomID, "m.typing") == nil || ephemeral(resp, roomID, "m.receipt") != nil {
+			t.Errorf("ephemeral not_types: %v", dig(resp, "rooms", "join", roomID, "ephemeral"))
+		}
+		// use_state_after: the state at the end of the timeline, including
+		// state events in the timeline.
+		as := &syncer{c: alice}
+		as.sync(t, "timeout=0")
+		alice.MustDo(200, "PUT", rp+"/state/m.room.name/", map[string]any{"name": "Second"})
+		resp = as.sync(t, "timeout=0&use_state_after=true")
+		after, _ := dig(resp, "rooms", "join", roomID, "state_after", "events").([]any)
+		found := false
+		for _, e := range after {
+			ev := e.(map[string]any)
+			found = found || (ev["type"] == "m.room.name" && dig(ev, "content", "name") == "Second")
+		}
+		if !found || dig(resp, "rooms", "join", roomID, "state") != nil {
+			t.Errorf("use_state_after: %v", dig(resp, "rooms", "join", roomID))
+		}
+	})
+}
+
+// TestLeaveAndRejoinBetweenSyncs: a user who leaves and rejoins between two
+// syncs gets the room in full in the join section, not in leave.
+func TestLeaveAndRejoinBetweenSyncs(t *testing.T) {
+	testutil.ForEachBackend(t, func(t *testing.T, b testutil.Backend) {
+		srv := testutil.Start(t, b)
+		alice := srv.NewUser(t, "alice", "pw")
+		bob := srv.NewUser(t, "bob", "pw")
+		roomID := createRoom(t, alice, map[string]any{"preset": "public_chat"})
+		rp := "/_matrix/client/v3/rooms/" + url.PathEscape(roomID)
+		bob.MustDo(200, "POST", rp+"/join", map[string]any{})
+		bs := &syncer{c: bob}
+		bs.sync(t, "")
+		bob.MustDo(200, "POST", rp+"/leave", map[string]any{})
+		send(t, alice, roomID, "while away")
+		bob.MustDo(200, "POST", rp+"/join", map[string]any{})
+		resp := bs.sync(t, "timeout=0&filter="+url.QueryEscape(`{"room":{"timeline":{"limit":1}}}`))
+		if dig(resp, "rooms", "leave", roomID) != nil {
+			t.Fatalf("rejoined room in leave section")
+		}
+		state, _ := dig(resp, "rooms", "join", roomID, "state", "events").([]any)
+		if len(state) < 4 {
+			t.Fatalf("rejoined room not sent with full state: %d state events", len(state))
+		}
+	})
+}
