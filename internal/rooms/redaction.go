@@ -41,7 +41,7 @@ func applyRedaction(ctx context.Context, tx *db.Tx, v gomatrixserverlib.IRoomVer
 	if target.RedactedBy != "" {
 		return nil
 	}
-	redacted, err := v.RedactEventJSON(target.JSON())
+	redacted, err := redactEventJSON(v, target.JSON())
 	if err != nil {
 		return fmt.Errorf("redact %s: %w", target.EventID(), err)
 	}

@@ -273,12 +273,19 @@ func insertEvent(ctx context.Context, tx *db.Tx, roomID string, ev *Event) error
 	if err != nil {
 		return err
 	}
+	return insertEventAt(ctx, tx, roomID, ev, pos)
+}
+
+// insertEventAt stores an event at stream position pos (0 for events
+// outside the timeline: outliers, rejected and soft-failed events) and sets
+// its NID and Pos.
+func insertEventAt(ctx context.Context, tx *db.Tx, roomID string, ev *Event, pos int64) error {
 	relatesTo, relType := relationOf(ev.Content())
 	var txnID any
 	if ev.TxnID != "" {
 		txnID = ev.TxnID
 	}
-	err = tx.QueryRow(ctx, `INSERT INTO events (event_id, room_id, type, state_key, sender, depth, origin_server_ts, stream_pos, state_before, status, relates_to, rel_type, txn_id, json)
+	err := tx.QueryRow(ctx, `INSERT INTO events (event_id, room_id, type, state_key, sender, depth, origin_server_ts, stream_pos, state_before, status, relates_to, rel_type, txn_id, json)
 		VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14) RETURNING nid`,
 		ev.EventID(), roomID, ev.Type(), ev.StateKey(), string(ev.SenderID()), ev.Depth(), int64(ev.OriginServerTS()), pos,
 		ev.StateBefore, ev.Status, relatesTo, relType, txnID, string(ev.JSON())).Scan(&ev.NID)
