@@ -839,6 +839,17 @@ func (e *Engine) AuthChain(ctx context.Context, roomID string, eventIDs []string
 	return out, nil
 }
 
+// ForwardExtremities returns the room's forward extremities: the events
+// new local events build on (and the latest_events of a
+// /get_missing_events request).
+func (e *Engine) ForwardExtremities(ctx context.Context, roomID string) ([]string, error) {
+	ri, err := e.room(ctx, roomID)
+	if err != nil {
+		return nil, err
+	}
+	return slices.Clone(ri.extremities), nil
+}
+
 // StateAfterEvents returns the state a new event with the given
 // prev_events would see: the resolution of the states after each of them
 // (soft-failed state events count, rejected ones do not). Every event must
