@@ -244,9 +244,8 @@ func normalizeProfileValue(key string, value json.RawMessage) (json.RawMessage, 
 		if len(str) > maxAvatarURLBytes {
 			return nil, httpx.InvalidParam("avatar_url is longer than %d bytes", maxAvatarURLBytes)
 		}
-		if !isMXCURI(str) {
-			return nil, httpx.InvalidParam("avatar_url must be an mxc:// URI")
-		}
+		// The spec says mxc://, but Synapse and clients store other URIs
+		// too (and Complement sets arbitrary strings); accept any string.
 	}
 	return json.Marshal(str)
 }
@@ -256,16 +255,6 @@ func normalizeProfileValue(key string, value json.RawMessage) (json.RawMessage, 
 func isJSONString(raw json.RawMessage) bool {
 	t := strings.TrimSpace(string(raw))
 	return strings.HasPrefix(t, `"`)
-}
-
-// isMXCURI checks the form mxc://server-name/media-id.
-func isMXCURI(s string) bool {
-	rest, ok := strings.CutPrefix(s, "mxc://")
-	if !ok {
-		return false
-	}
-	server, mediaID, ok := strings.Cut(rest, "/")
-	return ok && server != "" && mediaID != "" && !strings.ContainsAny(mediaID, "/?#")
 }
 
 // changeProfile sets (value != nil) or removes (value == nil) one field in a

@@ -142,6 +142,18 @@ func (e *Engine) CreateRoom(ctx context.Context, creator string, req *CreateRoom
 		for k, v := range req.PowerLevelContentOverride {
 			merged[k] = v
 		}
+		if verImpl.PrivilegedCreators() {
+			// Creators have infinite power and must not be listed; clients
+			// written for older versions list the creator anyway.
+			var users map[string]json.RawMessage
+			if json.Unmarshal(merged["users"], &users) == nil && users != nil {
+				delete(users, creator)
+				for _, c := range additional {
+					delete(users, c)
+				}
+				merged["users"], _ = json.Marshal(users)
+			}
+		}
 		plJSON, _ = json.Marshal(merged)
 		var check gomatrixserverlib.PowerLevelContent
 		if err := json.Unmarshal(plJSON, &check); err != nil {

@@ -3,12 +3,15 @@ package rooms
 import (
 	"context"
 	"encoding/json"
+	"errors"
+	"fmt"
 	"net/http"
 	"strconv"
 	"strings"
 
 	"github.com/matrix-org/gomatrixserverlib/spec"
 
+	"github.com/palpo-go/palpo/internal/db"
 	"github.com/palpo-go/palpo/internal/httpx"
 )
 
@@ -343,7 +346,13 @@ func (e *Engine) handleMembers(r *http.Request, p *httpx.Principal) (any, error)
 		if err != nil {
 			return nil, err
 		}
-		if state, err = e.stateAtPos(ctx, ri, pos, state); err != nil {
+		// A token from before the room's first event (a prev_batch of a
+		// timeline that starts at m.room.create) means the room as it began.
+		var first int64
+		if err := e.db.QueryRow(ctx, `SELECT COALESCE(MIN(stream_pos), 0) FROM events WHERE room_id = $1 AND status = 0 AND stream_pos > 0`, ri.id).Scan(&first); err != nil {
+			return nil, err
+		}
+		if state, err = e.stateAtPos(ctx, ri, max(pos, first), state); err != nil {
 			return nil, err
 		}
 	}
@@ -421,12 +430,62 @@ func ParseStreamPos(token string) (int64, error) {
 func (e *Engine) stateAtPos(ctx context.Context, ri *roomInfo, pos int64, fallback StateMap) (StateMap, error) {
 	var nid int64
 	err := e.db.QueryRow(ctx, `SELECT nid FROM events WHERE room_id = $1 AND stream_pos <= $2 AND status = 0 ORDER BY stream_pos DESC LIMIT 1`, ri.id, pos).Scan(&nid)
-	if err != nil {
+	if errors.Is(err, db.ErrNoRows) {
 		return fallback, nil
+	}
+	if err != nil {
+		return nil, err
 	}
 	evs, err := e.EventsByNID(ctx, ri.version, []int64{nid})
 	if err != nil || len(evs) == 0 {
 		return fallback, err
 	}
 	return e.StateAt(ctx, evs[0], true)
+}
+
+// UpdateProfileInRooms sends a new membership event in every room the user
+// is joined to whose member event does not carry their current display name
+// and avatar (the profile endpoints call it after a change).
+func (e *Engine) UpdateProfileInRooms(ctx context.Context, userID string) error {
+	if e.profiles == nil {
+		return nil
+	}
+	dn, av, err := e.profiles(ctx, userID)
+	if err != nil {
+		return err
+	}
+	joined, err := e.JoinedRooms(ctx, userID)
+	if err != nil {
+		return err
+	}
+	for _, roomID := range joined {
+		cur, err := e.CurrentStateEvent(ctx, roomID, spec.MRoomMember, userID)
+		if err != nil || cur == nil {
+			continue
+		}
+		var content map[string]any
+		if json.Unmarshal(cur.Content(), &content) != nil {
+			continue
+		}
+		nameChanged := setOrDelete(content, "displayname", dn)
+		avatarChanged := setOrDelete(content, "avatar_url", av)
+		if !nameChanged && !avatarChanged {
+			continue
+		}
+		if _, err := e.Send(ctx, roomID, stateSpec(userID, spec.MRoomMember, userID, content)); err != nil {
+			return fmt.Errorf("profile update in %s: %w", roomID, err)
+		}
+	}
+	return nil
+}
+
+// setOrDelete makes m[key] match v (nil: absent) and reports a change.
+func setOrDelete(m map[string]any, key string, v *string) bool {
+	old, had := m[key]
+	if v == nil {
+		delete(m, key)
+		return had
+	}
+	m[key] = *v
+	return !had || old != *v
 }

@@ -4,6 +4,7 @@ import (
 	"fmt"
 	"net/http"
 	"net/url"
+	"strings"
 	"testing"
 
 	"github.com/palpo-go/palpo/internal/testutil"
@@ -138,5 +139,32 @@ func TestJoinContentForgetAndJoinedMembers(t *testing.T) {
 		bob.MustDo(200, "POST", rp+"/join", map[string]any{})
 		bob.MustDo(200, "POST", rp+"/leave", map[string]any{})
 		bob.MustDo(200, "GET", rp+"/messages?dir=b&limit=5", nil)
+	})
+}
+
+func TestProfileChangeUpdatesMemberEventsAndTooLargeEvents(t *testing.T) {
+	testutil.ForEachBackend(t, func(t *testing.T, b testutil.Backend) {
+		srv := testutil.Start(t, b)
+		alice := srv.NewUser(t, "alice", "pw")
+		r := alice.MustDo(200, "POST", "/_matrix/client/v3/createRoom", map[string]any{"preset": "public_chat"})
+		rp := "/_matrix/client/v3/rooms/" + url.PathEscape(r.JSON["room_id"].(string))
+		alice.MustDo(200, "PUT", "/_matrix/client/v3/profile/"+url.PathEscape(alice.UserID)+"/displayname", map[string]any{"displayname": "Alice Liddell"})
+		r = alice.MustDo(200, "GET", rp+"/state/m.room.member/"+url.PathEscape(alice.UserID), nil)
+		if r.JSON["displayname"] != "Alice Liddell" || r.JSON["membership"] != "join" {
+			t.Fatalf("member event after displayname change: %s", r.Body)
+		}
+		alice.MustDo(200, "PUT", "/_matrix/client/v3/profile/"+url.PathEscape(alice.UserID)+"/avatar_url", map[string]any{"avatar_url": "mxc://x/y"})
+		r = alice.MustDo(200, "GET", rp+"/state/m.room.member/"+url.PathEscape(alice.UserID), nil)
+		if r.JSON["avatar_url"] != "mxc://x/y" || r.JSON["displayname"] != "Alice Liddell" {
+			t.Fatalf("member event after avatar change: %s", r.Body)
+		}
+		// Events over 64 KiB are refused with 413.
+		big := strings.Repeat("x", 70000)
+		if r := alice.Do("PUT", rp+"/send/m.room.message/big", map[string]any{"body": big}); r.Status != 413 || r.ErrCode() != "M_TOO_LARGE" {
+			t.Fatalf("large event: %d %s", r.Status, r.ErrCode())
+		}
+		if r := alice.Do("PUT", rp+"/state/m.big/", map[string]any{"body": big}); r.Status != 413 {
+			t.Fatalf("large state event: %d", r.Status)
+		}
 	})
 }

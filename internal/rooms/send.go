@@ -93,6 +93,10 @@ func (e *Engine) sendLocked(ctx context.Context, ri *roomInfo, specs []EventSpec
 		}
 		pdu, err := eb.Build(now, e.serverName, gomatrixserverlib.KeyID(e.key.ID), e.key.Private)
 		if err != nil {
+			var ve gomatrixserverlib.EventValidationError
+			if errors.As(err, &ve) && ve.Code == gomatrixserverlib.EventValidationTooLarge {
+				return nil, httpx.TooLarge("%v", err)
+			}
 			return nil, httpx.BadJSON("Cannot build event: %v", err)
 		}
 		if isCreate {

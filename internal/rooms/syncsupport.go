@@ -4,6 +4,7 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
+	"strings"
 
 	"github.com/matrix-org/gomatrixserverlib/spec"
 )
@@ -222,4 +223,42 @@ func (e *Engine) StrippedState(ctx context.Context, roomID, userID string) ([]St
 		return nil, err
 	}
 	return out, nil
+}
+
+// JoinsInRange lists the users who joined any of the rooms with a join
+// event at stream positions in (from, to].
+func (e *Engine) JoinsInRange(ctx context.Context, roomIDs []string, from, to int64) ([]string, error) {
+	if len(roomIDs) == 0 {
+		return nil, nil
+	}
+	args := []any{from, to}
+	ph := make([]string, len(roomIDs))
+	for i, id := range roomIDs {
+		args = append(args, id)
+		ph[i] = fmt.Sprintf("$%d", i+3)
+	}
+	rows, err := e.db.Query(ctx, `SELECT state_key, json FROM events WHERE type = 'm.room.member' AND stream_pos > $1 AND stream_pos <= $2
+		AND status = 0 AND room_id IN (`+strings.Join(ph, ",")+`)`, args...)
+	if err != nil {
+		return nil, fmt.Errorf("joins in range: %w", err)
+	}
+	defer rows.Close()
+	seen := map[string]bool{}
+	var out []string
+	for rows.Next() {
+		var u, js string
+		if err := rows.Scan(&u, &js); err != nil {
+			return nil, err
+		}
+		var ev struct {
+			Content struct {
+				Membership string `json:"membership"`
+			} `json:"content"`
+		}
+		if json.Unmarshal([]byte(js), &ev) == nil && ev.Content.Membership == spec.Join && !seen[u] {
+			seen[u] = true
+			out = append(out, u)
+		}
+	}
+	return out, rows.Err()
 }

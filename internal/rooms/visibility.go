@@ -60,14 +60,10 @@ func (v *Visibility) CanSee(ctx context.Context, ev *Event) (bool, error) {
 		return false, err
 	}
 	membership := at.membership
-	// A user sees their own membership changes.
+	// A user always sees their own membership events (an invite they
+	// rejected, a kick, a ban), as Synapse does.
 	if ev.Type() == spec.MRoomMember && ev.StateKeyEquals(v.userID) {
-		if m, err := ev.Membership(); err == nil {
-			membership = m
-		}
-		if membership == spec.Join || membership == spec.Invite || membership == spec.Knock || at.membership == spec.Join {
-			return true, nil
-		}
+		return true, nil
 	}
 	switch {
 	case at.visibility == VisWorldReadable:

@@ -89,6 +89,11 @@ func New(ctx context.Context, cfg *config.Config) (*Server, error) {
 			slog.Error("deactivated account: leaving rooms", "user", userID, "err", err)
 		}
 	}
+	s.Accounts.Hooks.ProfileChanged = func(ctx context.Context, userID string) {
+		if err := s.Rooms.UpdateProfileInRooms(context.WithoutCancel(ctx), userID); err != nil {
+			slog.Error("profile change: updating member events", "user", userID, "err", err)
+		}
+	}
 	s.Sync = sync.New(d, s.Rooms, s.Accounts, cfg.Presence)
 	s.Rooms.NewEvents = s.Sync.OnNewEvents
 	s.Accounts.Hooks.AccountDataChanged = s.Sync.OnAccountData

@@ -239,3 +239,67 @@ func (s *Service) presenceSince(ctx context.Context, peers map[string]bool, from
 	}
 	return out, rows.Err()
 }
+
+// newlyMetUsers lists the users the syncing user shares a room with for the
+// first time in this sync range: members of rooms they just joined, and
+// users who just joined one of their rooms.
+func (s *Service) newlyMetUsers(ctx context.Context, rq *Request) ([]string, error) {
+	set := map[string]bool{}
+	for _, roomID := range rq.newlyJoined {
+		members, err := s.rooms.JoinedMembers(ctx, roomID)
+		if err != nil {
+			return nil, err
+		}
+		for _, m := range members {
+			set[m] = true
+		}
+	}
+	joined, err := s.rooms.JoinedRooms(ctx, rq.UserID)
+	if err != nil {
+		return nil, err
+	}
+	joiners, err := s.rooms.JoinsInRange(ctx, joined, rq.Since.Pos, rq.To)
+	if err != nil {
+		return nil, err
+	}
+	for _, u := range joiners {
+		set[u] = true
+	}
+	delete(set, rq.UserID)
+	out := make([]string, 0, len(set))
+	for u := range set {
+		out = append(out, u)
+	}
+	return out, nil
+}
+
+// currentPresence returns the stored presence of users, skipping those
+// already in have.
+func (s *Service) currentPresence(ctx context.Context, users []string, have []json.RawMessage) ([]json.RawMessage, error) {
+	already := map[string]bool{}
+	for _, raw := range have {
+		var ev struct {
+			Sender string `json:"sender"`
+		}
+		if json.Unmarshal(raw, &ev) == nil {
+			already[ev.Sender] = true
+		}
+	}
+	now := time.Now()
+	var out []json.RawMessage
+	for _, u := range users {
+		if already[u] {
+			continue
+		}
+		p, err := s.loadPresence(ctx, u)
+		if err != nil {
+			return nil, err
+		}
+		if p == nil {
+			continue
+		}
+		b, _ := json.Marshal(presenceEvent(u, p, now))
+		out = append(out, b)
+	}
+	return out, nil
+}

@@ -68,6 +68,9 @@ type KnockedRoom struct {
 type roomWork struct {
 	since int64 // -1: send the room in full
 	to    int64 // last position to include (the leave for left rooms)
+	// newlyJoined marks a room joined since the client's token: its
+	// timeline is flagged limited so that clients start it afresh.
+	newlyJoined bool
 }
 
 // roomsSection computes the rooms part of the response.
@@ -119,7 +122,8 @@ func (s *Service) roomsSection(ctx context.Context, rq *Request) (*RoomsSection,
 		for roomID, c := range changed {
 			switch c.Membership {
 			case spec.Join:
-				join[roomID] = roomWork{since: -1, to: rq.To}
+				join[roomID] = roomWork{since: -1, to: rq.To, newlyJoined: true}
+				rq.newlyJoined = append(rq.newlyJoined, roomID)
 			case spec.Invite:
 				invites = append(invites, roomID)
 			case spec.Knock:
@@ -187,6 +191,15 @@ func (s *Service) roomsSection(ctx context.Context, rq *Request) (*RoomsSection,
 	for _, roomID := range invites {
 		if !rf.AllowsRoom(roomID) {
 			continue
+		}
+		if len(rq.ignored) > 0 {
+			inv, err := s.rooms.CurrentStateEvent(ctx, roomID, spec.MRoomMember, rq.UserID)
+			if err != nil {
+				return nil, err
+			}
+			if inv != nil && rq.ignored[string(inv.SenderID())] {
+				continue // invites from ignored users are not shown
+			}
 		}
 		st, err := s.strippedState(ctx, roomID, rq.UserID)
 		if err != nil {
@@ -284,7 +297,7 @@ func (s *Service) joinedRoom(ctx context.Context, rq *Request, roomID string, w 
 		limit = min(tf.LimitOr(defaultTimelineLimit), maxTimelineLimit)
 	}
 	vis := s.rooms.NewVisibility(rq.UserID)
-	timeline, limited, err := s.timeline(ctx, vis, roomID, w, limit, tf)
+	timeline, limited, err := s.timeline(ctx, vis, roomID, w, limit, tf, rq.ignored)
 	if err != nil {
 		return nil, err
 	}
@@ -293,7 +306,7 @@ func (s *Service) joinedRoom(ctx context.Context, rq *Request, roomID string, w 
 	if len(timeline) > 0 {
 		prevPos = timeline[0].Pos - 1
 	}
-	jr.Timeline.Limited = limited
+	jr.Timeline.Limited = limited || (w.newlyJoined && len(timeline) > 0)
 	jr.Timeline.PrevBatch = Token{Pos: prevPos, Typing: rq.Typing}.String()
 	if jr.Timeline.Events, err = s.format(ctx, rq, timeline); err != nil {
 		return nil, err
@@ -388,7 +401,7 @@ func (s *Service) joinedRoom(ctx context.Context, rq *Request, roomID string, w 
 // timeline returns the visible events of (w.since, w.to] that pass the
 // filter, at most limit of the newest, and whether older ones were left
 // out.
-func (s *Service) timeline(ctx context.Context, vis *rooms.Visibility, roomID string, w roomWork, limit int, f *accounts.RoomEventFilter) ([]*rooms.Event, bool, error) {
+func (s *Service) timeline(ctx context.Context, vis *rooms.Visibility, roomID string, w roomWork, limit int, f *accounts.RoomEventFilter, ignored map[string]bool) ([]*rooms.Event, bool, error) {
 	if limit <= 0 {
 		_, more, err := s.rooms.TimelineEvents(ctx, roomID, w.since, w.to, 0)
 		return nil, more, err
@@ -410,6 +423,9 @@ func (s *Service) timeline(ctx context.Context, vis *rooms.Visibility, roomID st
 		}
 		var pass []*rooms.Event
 		for _, ev := range kept {
+			if !ev.IsState() && ignored[string(ev.SenderID())] {
+				continue // messages of ignored users are hidden
+			}
 			if f.AllowsEvent(roomID, ev.Type(), string(ev.SenderID()), ev.Content()) {
 				pass = append(pass, ev)
 			}

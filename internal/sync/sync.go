@@ -26,6 +26,10 @@ type Request struct {
 	Filter     *accounts.Filter
 	FullState  bool
 	StateAfter bool
+
+	// Filled while building a response:
+	ignored     map[string]bool // users the syncing user ignores
+	newlyJoined []string        // rooms joined since the token
 }
 
 // Response is the body of a /sync response.
@@ -155,6 +159,11 @@ func (s *Service) build(ctx context.Context, rq *Request) (*Response, error) {
 	if rq.Initial {
 		from = -1
 	}
+	rq.newlyJoined = nil
+	var err error
+	if rq.ignored, err = s.ignoredUsers(ctx, rq.UserID); err != nil {
+		return nil, err
+	}
 	roomsSection, err := s.roomsSection(ctx, rq)
 	if err != nil {
 		return nil, err
@@ -184,6 +193,19 @@ func (s *Service) build(ctx context.Context, rq *Request) (*Response, error) {
 		evs, err := s.presenceSince(ctx, set, from, rq.To)
 		if err != nil {
 			return nil, err
+		}
+		if !rq.Initial {
+			// Users met for the first time (a room just joined, or someone
+			// who just joined one of ours) get their current presence.
+			fresh, err := s.newlyMetUsers(ctx, rq)
+			if err != nil {
+				return nil, err
+			}
+			more, err := s.currentPresence(ctx, fresh, evs)
+			if err != nil {
+				return nil, err
+			}
+			evs = append(evs, more...)
 		}
 		if len(evs) > 0 {
 			resp.Presence = &EventList{Events: evs}
@@ -223,6 +245,25 @@ func (s *Service) accountData(ctx context.Context, userID, roomID string, from, 
 	}
 	if f != nil && f.Limit != nil && len(out) > *f.Limit {
 		out = out[len(out)-*f.Limit:]
+	}
+	return out, nil
+}
+
+// ignoredUsers reads the user's m.ignored_user_list.
+func (s *Service) ignoredUsers(ctx context.Context, userID string) (map[string]bool, error) {
+	raw, err := s.accounts.GetAccountData(ctx, userID, "", "m.ignored_user_list")
+	if err != nil || raw == nil {
+		return nil, err
+	}
+	var c struct {
+		IgnoredUsers map[string]json.RawMessage `json:"ignored_users"`
+	}
+	if json.Unmarshal(raw, &c) != nil {
+		return nil, nil
+	}
+	out := make(map[string]bool, len(c.IgnoredUsers))
+	for u := range c.IgnoredUsers {
+		out[u] = true
 	}
 	return out, nil
 }

@@ -552,3 +552,57 @@ func TestLeaveAndRejoinBetweenSyncs(t *testing.T) {
 		}
 	})
 }
+
+func TestIgnoredUsersAndNewlyJoinedRooms(t *testing.T) {
+	testutil.ForEachBackend(t, func(t *testing.T, b testutil.Backend) {
+		srv := testutil.Start(t, b)
+		alice := srv.NewUser(t, "alice", "pw")
+		bob := srv.NewUser(t, "bob", "pw")
+		eve := srv.NewUser(t, "eve", "pw")
+		alice.MustDo(200, "PUT", "/_matrix/client/v3/user/"+url.PathEscape(alice.UserID)+"/account_data/m.ignored_user_list",
+			map[string]any{"ignored_users": map[string]any{eve.UserID: map[string]any{}}})
+		as := &syncer{c: alice}
+		as.sync(t, "timeout=0&set_presence=offline")
+		// An invite from an ignored user is not shown.
+		spam := createRoom(t, eve, map[string]any{"preset": "private_chat"})
+		eve.MustDo(200, "POST", "/_matrix/client/v3/rooms/"+url.PathEscape(spam)+"/invite", map[string]any{"user_id": alice.UserID})
+		// Bob's room: alice joins it; eve talks there too.
+		roomID := createRoom(t, bob, map[string]any{"preset": "public_chat"})
+		bs := &syncer{c: bob}
+		bs.sync(t, "timeout=0") // bob is online
+		eve.MustDo(200, "POST", "/_matrix/client/v3/join/"+url.PathEscape(roomID), map[string]any{})
+		send(t, eve, roomID, "spam")
+		send(t, bob, roomID, "hello")
+		alice.MustDo(200, "POST", "/_matrix/client/v3/join/"+url.PathEscape(roomID), map[string]any{})
+		resp := as.sync(t, "timeout=0&set_presence=offline")
+		if dig(resp, "rooms", "invite", spam) != nil {
+			t.Errorf("invite from an ignored user shown")
+		}
+		if got := timelineBodies(resp, roomID); fmt.Sprint(got) != "[hello]" {
+			t.Errorf("timeline with an ignored sender: %v", got)
+		}
+		// A newly joined room is flagged limited, and bob's presence comes along.
+		if dig(resp, "rooms", "join", roomID, "timeline", "limited") != true {
+			t.Errorf("newly joined room not limited")
+		}
+		found := false
+		evs, _ := dig(resp, "presence", "events").([]any)
+		for _, e := range evs {
+			found = found || e.(map[string]any)["sender"] == bob.UserID
+		}
+		if !found {
+			t.Errorf("no presence of the members of a newly joined room: %v", resp["presence"])
+		}
+		// And bob learns alice's presence when she joins his room.
+		alice.MustDo(200, "PUT", "/_matrix/client/v3/presence/"+url.PathEscape(alice.UserID)+"/status", map[string]any{"presence": "online"})
+		resp = bs.sync(t, "timeout=0")
+		found = false
+		evs, _ = dig(resp, "presence", "events").([]any)
+		for _, e := range evs {
+			found = found || e.(map[string]any)["sender"] == alice.UserID
+		}
+		if !found {
+			t.Errorf("bob has no presence for alice who joined: %v", resp["presence"])
+		}
+	})
+}
