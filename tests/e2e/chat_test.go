@@ -198,6 +198,22 @@ func TestChat(t *testing.T) {
 				requireRedactedContent(t, "redacted event in /messages", e)
 			}
 		}
+
+		// Alice upgrades the room: her client sees the tombstone pointing at
+		// a new room whose create event names the old one.
+		var upgraded struct {
+			ReplacementRoom id.RoomID `json:"replacement_room"`
+		}
+		must(alice.MakeRequest(reqCtx(t), "POST", alice.BuildClientURL("v3", "rooms", room, "upgrade"),
+			map[string]any{"new_version": "12"}, &upgraded))(t, "upgrade")
+		tomb, _ := alice.waitFor(0, "the tombstone", inRoom(room, event.StateTombstone, func(*event.Event) bool { return true }))
+		if got := tomb.Content.AsTombstone().ReplacementRoom; got != upgraded.ReplacementRoom || got == "" {
+			t.Fatalf("tombstone points at %q, upgrade answered %q", got, upgraded.ReplacementRoom)
+		}
+		newCreate, _ := alice.waitFor(0, "the new room's create event", inRoom(upgraded.ReplacementRoom, event.StateCreate, func(*event.Event) bool { return true }))
+		if pred := newCreate.Content.AsCreate().Predecessor; pred == nil || pred.RoomID != room {
+			t.Fatalf("new room's predecessor = %+v, want %s", pred, room)
+		}
 	})
 }
 
