@@ -1,6 +1,7 @@
 package sync_test
 
 import (
+	"context"
 	"encoding/json"
 	"fmt"
 	"net/url"
@@ -603,6 +604,45 @@ func TestIgnoredUsersAndNewlyJoinedRooms(t *testing.T) {
 		}
 		if !found {
 			t.Errorf("bob has no presence for alice who joined: %v", resp["presence"])
+		}
+	})
+}
+
+// TestPresenceTimeouts: a user who stops syncing goes offline; an online
+// user idle for long becomes unavailable.
+func TestPresenceTimeouts(t *testing.T) {
+	testutil.ForEachBackend(t, func(t *testing.T, b testutil.Backend) {
+		srv := testutil.Start(t, b)
+		alice := srv.NewUser(t, "alice", "pw")
+		bob := srv.NewUser(t, "bob", "pw")
+		roomID := createRoom(t, alice, map[string]any{"preset": "public_chat"})
+		bob.MustDo(200, "POST", "/_matrix/client/v3/join/"+url.PathEscape(roomID), map[string]any{})
+		status := func() string {
+			r := bob.MustDo(200, "GET", "/_matrix/client/v3/presence/"+url.PathEscape(alice.UserID)+"/status", nil)
+			return r.JSON["presence"].(string)
+		}
+		(&syncer{c: alice}).sync(t, "timeout=0&set_presence=online")
+		if got := status(); got != "online" {
+			t.Fatalf("after syncing: %s", got)
+		}
+		ctx := context.Background()
+		// Still syncing, but idle for more than five minutes: unavailable.
+		srv.Sync.ExpirePresence(ctx, time.Now().Add(10*time.Second))
+		if got := status(); got != "online" {
+			t.Fatalf("10 s later: %s", got)
+		}
+		srv.Sync.ExpirePresence(ctx, time.Now().Add(6*time.Minute))
+		if got := status(); got != "offline" && got != "unavailable" {
+			t.Fatalf("6 min later: %s", got)
+		}
+		// A sync brings her back online; then she stops syncing: offline.
+		(&syncer{c: alice}).sync(t, "timeout=0&set_presence=online")
+		if got := status(); got != "online" {
+			t.Fatalf("after syncing again: %s", got)
+		}
+		srv.Sync.ExpirePresence(ctx, time.Now().Add(time.Minute))
+		if got := status(); got != "offline" {
+			t.Fatalf("a minute after the last sync: %s", got)
 		}
 	})
 }
