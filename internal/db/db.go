@@ -227,3 +227,22 @@ func IsUniqueViolation(err error) bool {
 
 // ErrNoRows is returned by QueryRow(...).Scan when there is no row.
 var ErrNoRows = sql.ErrNoRows
+
+// QueryStringSet runs a query whose rows are one text column and returns
+// the set of values.
+func (d *DB) QueryStringSet(ctx context.Context, query string, args ...any) (map[string]bool, error) {
+	rows, err := d.Query(ctx, query, args...)
+	if err != nil {
+		return nil, err
+	}
+	defer rows.Close()
+	out := map[string]bool{}
+	for rows.Next() {
+		var s string
+		if err := rows.Scan(&s); err != nil {
+			return nil, err
+		}
+		out[s] = true
+	}
+	return out, rows.Err()
+}

@@ -96,20 +96,7 @@ func (s *Service) receiptsEDU(ctx context.Context, roomID, userID string, from, 
 // receiptRoomsSince lists the rooms with receipts in (from, to] visible to
 // userID.
 func (s *Service) receiptRoomsSince(ctx context.Context, userID string, from, to int64) (map[string]bool, error) {
-	rows, err := s.db.Query(ctx, `SELECT DISTINCT room_id FROM receipts WHERE stream_pos > $1 AND stream_pos <= $2 AND (receipt_type <> 'm.read.private' OR user_id = $3)`, from, to, userID)
-	if err != nil {
-		return nil, err
-	}
-	defer rows.Close()
-	out := map[string]bool{}
-	for rows.Next() {
-		var id string
-		if err := rows.Scan(&id); err != nil {
-			return nil, err
-		}
-		out[id] = true
-	}
-	return out, rows.Err()
+	return s.db.QueryStringSet(ctx, `SELECT DISTINCT room_id FROM receipts WHERE stream_pos > $1 AND stream_pos <= $2 AND (receipt_type <> 'm.read.private' OR user_id = $3)`, from, to, userID)
 }
 
 func (s *Service) handleReceipt(r *http.Request, p *httpx.Principal) (any, error) {

@@ -265,20 +265,7 @@ func (s *Service) typingSince(roomID string, serial int64) (json.RawMessage, boo
 // roomAccountDataRooms lists rooms whose account data for the user changed
 // in (from, to].
 func (s *Service) roomAccountDataRooms(ctx context.Context, userID string, from, to int64) (map[string]bool, error) {
-	rows, err := s.db.Query(ctx, `SELECT DISTINCT room_id FROM account_data WHERE user_id = $1 AND room_id <> '' AND stream_pos > $2 AND stream_pos <= $3`, userID, from, to)
-	if err != nil {
-		return nil, err
-	}
-	defer rows.Close()
-	out := map[string]bool{}
-	for rows.Next() {
-		var id string
-		if err := rows.Scan(&id); err != nil {
-			return nil, err
-		}
-		out[id] = true
-	}
-	return out, rows.Err()
+	return s.db.QueryStringSet(ctx, `SELECT DISTINCT room_id FROM account_data WHERE user_id = $1 AND room_id <> '' AND stream_pos > $2 AND stream_pos <= $3`, userID, from, to)
 }
 
 // joinedRoom builds a room entry: the timeline of (w.since, w.to], the
