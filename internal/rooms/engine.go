@@ -18,7 +18,6 @@ import (
 
 	"github.com/palpo-go/palpo/internal/cache"
 	"github.com/palpo-go/palpo/internal/db"
-	"github.com/palpo-go/palpo/internal/federation"
 	"github.com/palpo-go/palpo/internal/httpx"
 )
 
@@ -33,7 +32,7 @@ type Profiles func(ctx context.Context, userID string) (displayname, avatarURL *
 type Engine struct {
 	db         *db.DB
 	serverName spec.ServerName
-	key        *federation.SigningKey
+	key        *SigningKey
 	profiles   Profiles
 
 	// NewEvents is called after events are committed, in stream order.
@@ -56,7 +55,7 @@ type Config struct {
 }
 
 // NewEngine returns a room engine.
-func NewEngine(d *db.DB, serverName string, key *federation.SigningKey, profiles Profiles, c Config) *Engine {
+func NewEngine(d *db.DB, serverName string, key *SigningKey, profiles Profiles, c Config) *Engine {
 	if c.RoomCache == 0 {
 		c.RoomCache = 2000
 	}

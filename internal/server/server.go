@@ -78,7 +78,7 @@ func New(ctx context.Context, cfg *config.Config) (*Server, error) {
 		lim.Register = httpx.NewLimiter(rl.RegisterPerSecond, rl.RegisterBurst)
 	}
 	s.Accounts = accounts.New(cfg, d, lim)
-	s.Rooms = rooms.NewEngine(d, cfg.ServerName, key, s.Accounts.GetProfile, rooms.Config{})
+	s.Rooms = rooms.NewEngine(d, cfg.ServerName, (*rooms.SigningKey)(key), s.Accounts.GetProfile, rooms.Config{})
 	if cfg.RateLimitEnabled() {
 		s.Rooms.SendLimiter = httpx.NewLimiter(cfg.RateLimits.SendPerSecond, cfg.RateLimits.SendBurst)
 	}
