@@ -49,6 +49,7 @@ Usage:
   palpo user create NAME [--admin] [--password P]
   palpo user reset-password NAME [--password P]
   palpo registration-token create [--uses N] [--expires 72h]
+  palpo media delete|quarantine|unquarantine mxc://SERVER/ID, or purge-remote|purge-local --days N
   palpo version
 
 Every option can be set in the YAML file or by a PALPO_* environment variable
@@ -71,6 +72,8 @@ func run(args []string, stdout, stderr io.Writer) error {
 		return cmdUser(args, stdout)
 	case "registration-token":
 		return cmdRegistrationToken(args, stdout)
+	case "media":
+		return cmdMedia(args, stdout)
 	case "version":
 		fmt.Fprintf(stdout, "palpo %s\n", version)
 		return nil

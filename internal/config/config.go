@@ -57,6 +57,7 @@ type Config struct {
 	Federation FederationConfig `yaml:"federation"`
 	WellKnown  WellKnownConfig  `yaml:"well_known"`
 	Metrics    MetricsConfig    `yaml:"metrics"`
+	Media      MediaConfig      `yaml:"media"`
 }
 
 // DatabaseConfig selects and tunes the database.
@@ -118,6 +119,7 @@ func Default() *Config {
 			SQLiteSynchronous: "full",
 			MaxOpenConns:      8,
 		},
+		Media: defaultMedia(),
 	}
 }
 
@@ -218,6 +220,9 @@ func (c *Config) Validate() error {
 	}
 	if _, err := c.TrustedKeyServers(); err != nil {
 		return bad("federation.trusted_key_servers", "%v", err)
+	}
+	if err := c.Media.validate(); err != nil {
+		return err
 	}
 	return nil
 }

@@ -22,6 +22,7 @@ import (
 	"github.com/palpo-go/palpo/internal/db"
 	"github.com/palpo-go/palpo/internal/federation"
 	"github.com/palpo-go/palpo/internal/httpx"
+	"github.com/palpo-go/palpo/internal/media"
 	"github.com/palpo-go/palpo/internal/rooms"
 	"github.com/palpo-go/palpo/internal/sync"
 )
@@ -35,6 +36,7 @@ type Server struct {
 	Rooms      *rooms.Engine
 	Sync       *sync.Service
 	Federation *federation.Federation
+	Media      *media.Service
 
 	// NewSigningKey is true when this start created the signing key (first
 	// start of a fresh data directory).
@@ -103,6 +105,11 @@ func New(ctx context.Context, cfg *config.Config) (*Server, error) {
 	s.Rooms.Routes(s.router)
 	s.Sync.Routes(s.router)
 	s.Federation.Routes(s.router)
+	if s.Media, err = media.New(cfg, d, s.Federation); err != nil {
+		d.Close()
+		return nil, err
+	}
+	s.Media.Routes(s.router)
 	s.infoRoutes(s.router)
 
 	var reg prometheus.Registerer // nil: metrics off
@@ -132,6 +139,7 @@ func (s *Server) Start(main, fed net.Listener) error {
 		}
 	}
 	s.Sync.Start()
+	s.Media.Start()
 	hs := newSrv()
 	s.servers = append(s.servers, hs)
 	go func() { s.serveErr(hs.Serve(main)) }()
@@ -162,6 +170,7 @@ func (s *Server) Err() <-chan error { return s.errs }
 func (s *Server) Shutdown(ctx context.Context) error {
 	var first error
 	s.Sync.Stop()
+	s.Media.Stop()
 	for _, hs := range s.servers {
 		if err := hs.Shutdown(ctx); err != nil && first == nil {
 			first = err
