@@ -86,9 +86,7 @@ func (s *Service) serveDownload(w http.ResponseWriter, r *http.Request, legacy b
 	if fn := r.PathValue("fileName"); fn != "" {
 		filename = fn
 	}
-	h := w.Header()
-	setDownloadHeaders(h, m.ContentType, filename)
-	return s.serveContent(w, r, m.SHA256, m.Uploaded)
+	return s.serveContent(w, r, m.SHA256, m.Uploaded, func(h http.Header) { setDownloadHeaders(h, m.ContentType, filename) })
 }
 
 // findMedia returns the media a download names, local or remote (fetched
@@ -157,14 +155,15 @@ func notYetUploaded() error {
 	return httpx.NewError(http.StatusGatewayTimeout, "M_NOT_YET_UPLOADED", "Content has not yet been uploaded")
 }
 
-// serveContent streams stored content (with range requests) after the
-// caller set the headers. modified is in ms.
-func (s *Service) serveContent(w http.ResponseWriter, r *http.Request, hash string, modified int64) error {
+// serveContent streams stored content (with range requests); headers sets
+// the content's headers once it is open. modified is in ms.
+func (s *Service) serveContent(w http.ResponseWriter, r *http.Request, hash string, modified int64, headers func(http.Header)) error {
 	c, err := s.openContent(hash)
 	if err != nil {
 		return err
 	}
 	defer c.Close()
+	headers(w.Header())
 	w.Header().Set("ETag", `"`+hash+`"`)
 	http.ServeContent(w, r, "", time.UnixMilli(modified), c)
 	return nil
@@ -212,8 +211,7 @@ func (s *Service) serveThumbnail(w http.ResponseWriter, r *http.Request, legacy 
 			if m != nil {
 				s.touch(ctx, m)
 			}
-			setSafetyHeaders(w.Header(), t.ContentType, "inline", thumbnailName(t.ContentType))
-			return s.serveContent(w, r, t.SHA256, s.nowMS())
+			return s.serveContent(w, r, t.SHA256, s.nowMS(), thumbnailHeaders(t.ContentType))
 		}
 	}
 	m, err := s.findMedia(ctx, req)
@@ -225,12 +223,15 @@ func (s *Service) serveThumbnail(w http.ResponseWriter, r *http.Request, legacy 
 		return err
 	}
 	if original {
-		ctype := "image/" + m.ImageFormat
-		setSafetyHeaders(w.Header(), ctype, "inline", thumbnailName(ctype))
-		return s.serveContent(w, r, m.SHA256, m.Uploaded)
+		return s.serveContent(w, r, m.SHA256, m.Uploaded, thumbnailHeaders("image/"+m.ImageFormat))
 	}
-	setSafetyHeaders(w.Header(), t.ContentType, "inline", thumbnailName(t.ContentType))
-	return s.serveContent(w, r, t.SHA256, m.Uploaded)
+	return s.serveContent(w, r, t.SHA256, m.Uploaded, thumbnailHeaders(t.ContentType))
+}
+
+// thumbnailHeaders sets the headers of a thumbnail of type ctype: always
+// inline (the spec requires it; thumbnails are images of safe types).
+func thumbnailHeaders(ctype string) func(http.Header) {
+	return func(h http.Header) { setSafetyHeaders(h, ctype, "inline", thumbnailName(ctype)) }
 }
 
 // thumbnailName is the file name given to a thumbnail of a type.

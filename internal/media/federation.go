@@ -92,7 +92,7 @@ func (s *Service) handleFederationThumbnail(w http.ResponseWriter, r *http.Reque
 		hash, ctype = t.SHA256, t.ContentType
 	}
 	h := http.Header{}
-	setSafetyHeaders(h, ctype, "inline", thumbnailName(ctype))
+	thumbnailHeaders(ctype)(h)
 	return s.writeMultipart(w, hash, h)
 }
 

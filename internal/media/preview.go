@@ -40,10 +40,12 @@ const previewTTL = time.Hour
 
 // Bounds of what a page contributes to its preview.
 const (
-	maxOGProperties  = 64
-	maxOGValueRunes  = 1000
-	maxDescRunes     = 500
-	previewUserAgent = "Palpo URL preview (Matrix homeserver)"
+	maxOGProperties = 64
+	maxOGValueRunes = 1000
+	maxDescRunes    = 500
+	// maxPreviewURLBytes bounds the URLs previewed (they key the cache).
+	maxPreviewURLBytes = 2048
+	previewUserAgent   = "Palpo URL preview (Matrix homeserver)"
 )
 
 // previewer fetches pages for previews.
@@ -102,6 +104,9 @@ func (s *Service) handlePreview(r *http.Request, _ *httpx.Principal) (any, error
 	raw := q.Get("url")
 	if raw == "" {
 		return nil, httpx.MissingParam("url is required")
+	}
+	if len(raw) > maxPreviewURLBytes {
+		return nil, httpx.InvalidParam("url is longer than %d bytes", maxPreviewURLBytes)
 	}
 	if ts := q.Get("ts"); ts != "" {
 		if _, err := strconv.ParseInt(ts, 10, 64); err != nil {

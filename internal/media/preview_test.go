@@ -149,6 +149,7 @@ func TestURLPreview(t *testing.T) {
 		t.Run("errors", func(t *testing.T) {
 			requireError(t, "no url", alice.Do("GET", "/_matrix/client/v1/media/preview_url", nil), 400, "M_MISSING_PARAM")
 			requireError(t, "not http", preview(alice, "ftp://127.0.0.1/x"), 400, "M_INVALID_PARAM")
+			requireError(t, "URL too long", preview(alice, site.URL+"/page?"+strings.Repeat("q", 2100)), 400, "M_INVALID_PARAM")
 			requireError(t, "no host", preview(alice, "http:///x"), 400, "M_INVALID_PARAM")
 			requireError(t, "bad ts", alice.Do("GET", "/_matrix/client/v1/media/preview_url?url=http://a.example/&ts=now", nil), 400, "M_INVALID_PARAM")
 			requireError(t, "denied host", preview(alice, "http://www.denied.example/"), 403, "M_FORBIDDEN")

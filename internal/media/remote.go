@@ -265,8 +265,8 @@ func (s *Service) remoteFailure(server, mediaID string, err error, thumbnail boo
 		return httpx.NotFound("Media not found on %s", server)
 	case errors.As(err, &re) && thumbnail && re.Status == http.StatusBadRequest:
 		return cannotThumbnail()
-	case errors.Is(err, errStaging), errors.Is(err, context.Canceled) && !errors.Is(err, context.DeadlineExceeded):
-		return err
+	case errors.Is(err, errStaging):
+		return err // the server's own storage failed
 	}
 	s.log.Info("media: fetching remote media failed", "media", server+"/"+mediaID, "err", err)
 	return httpx.NewError(http.StatusBadGateway, "M_UNKNOWN", "Could not fetch the media from %s", server)

@@ -2,6 +2,7 @@ package media
 
 import (
 	"context"
+	"database/sql"
 	"errors"
 	"fmt"
 	"hash/fnv"
@@ -109,16 +110,17 @@ func (s *Service) ensureRemoteRow(ctx context.Context, server, mediaID string) e
 func (s *Service) createPending(ctx context.Context, mediaID, userID string, now, expires int64) error {
 	return s.db.WriteTx(ctx, func(tx *db.Tx) error {
 		var pending int
-		err := tx.QueryRow(ctx, `SELECT COUNT(*) FROM media
+		var soonest sql.NullInt64
+		err := tx.QueryRow(ctx, `SELECT COUNT(*), MIN(expires_ts) FROM media
 			WHERE user_id = $1 AND uploaded_ts = 0 AND expires_ts > $2 AND server_name = $3`,
-			userID, now, s.serverName).Scan(&pending)
+			userID, now, s.serverName).Scan(&pending, &soonest)
 		if err != nil {
 			return err
 		}
 		if pending >= s.cfg.MaxPendingUploads {
 			return httpx.NewError(429, "M_LIMIT_EXCEEDED",
 				"You have %d media IDs waiting for their upload; upload them or wait for them to expire", pending).
-				With("retry_after_ms", expires-now)
+				With("retry_after_ms", max(soonest.Int64-now, 1))
 		}
 		_, err = tx.Exec(ctx, `INSERT INTO media (server_name, media_id, user_id, created_ts, expires_ts, last_access_ts)
 			VALUES ($1, $2, $3, $4, $5, $4)`, s.serverName, mediaID, userID, now, expires)

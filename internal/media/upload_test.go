@@ -241,7 +241,11 @@ func TestAsyncUpload(t *testing.T) {
 
 		// Pending uploads are limited per user.
 		pending := []string{create(alice), create(alice), create(alice)}
-		requireError(t, "too many pending", alice.Do("POST", "/_matrix/media/v1/create", nil), 429, "M_LIMIT_EXCEEDED")
+		limited := alice.Do("POST", "/_matrix/media/v1/create", nil)
+		requireError(t, "too many pending", limited, 429, "M_LIMIT_EXCEEDED")
+		if wait, _ := limited.JSON["retry_after_ms"].(float64); wait < float64(23*time.Hour/time.Millisecond) {
+			t.Fatalf("retry_after_ms %v: the first pending ID expires in a day", limited.JSON["retry_after_ms"])
+		}
 		create(bob) // other users are not affected
 
 		// An ID that expired unused can be neither uploaded nor downloaded,
