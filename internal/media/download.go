@@ -104,7 +104,7 @@ func (s *Service) findMedia(ctx context.Context, req request) (*mediaRow, error)
 			return nil, httpx.NotFound("Remote media not cached here")
 		}
 	default:
-		m, err = s.remoteMedia(ctx, req.server, req.mediaID, req.wait)
+		m, err = s.remoteMedia(ctx, req)
 	}
 	if err != nil {
 		return nil, err

@@ -3,17 +3,51 @@ package media_test
 import (
 	"bytes"
 	"context"
+	"crypto/tls"
 	"fmt"
 	"io"
 	"mime"
 	"mime/multipart"
 	"net/http"
+	"net/http/httptest"
 	"testing"
 	"time"
 
 	"github.com/palpo-go/palpo/internal/config"
 	"github.com/palpo-go/palpo/internal/testutil"
 )
+
+// oldMediaServer serves media the way servers older than Matrix 1.11 do:
+// only through the legacy client endpoints, with 404 and a body that is not
+// JSON for the federation media endpoints. It is named "old" in network's
+// CA and listens on the returned address.
+func oldMediaServer(t *testing.T, network *testutil.Network) string {
+	certFile, keyFile := network.CA.Issue(t, "old")
+	cert, err := tls.LoadX509KeyPair(certFile, keyFile)
+	if err != nil {
+		t.Fatal(err)
+	}
+	thumb := pngBytes(t, 16, 16)
+	mux := http.NewServeMux()
+	mux.HandleFunc("GET /_matrix/media/v3/download/old/oldmedia", func(w http.ResponseWriter, r *http.Request) {
+		w.Header().Set("Content-Type", "text/plain")
+		w.Header().Set("Content-Disposition", "attachment; filename=old.txt")
+		_, _ = w.Write([]byte("from an old server"))
+	})
+	mux.HandleFunc("GET /_matrix/media/v3/thumbnail/old/oldmedia", func(w http.ResponseWriter, r *http.Request) {
+		w.Header().Set("Content-Type", "image/png")
+		_, _ = w.Write(thumb)
+	})
+	mux.HandleFunc("/", func(w http.ResponseWriter, r *http.Request) {
+		w.WriteHeader(http.StatusNotFound)
+		_, _ = w.Write([]byte("404 page not found"))
+	})
+	srv := httptest.NewUnstartedServer(mux)
+	srv.TLS = &tls.Config{Certificates: []tls.Certificate{cert}}
+	srv.StartTLS()
+	t.Cleanup(srv.Close)
+	return srv.Listener.Addr().String()
+}
 
 // TestFederatedMedia runs three servers federating over loopback TLS:
 // users of hs1 download and thumbnail media uploaded on hs2, which hs1
@@ -23,9 +57,13 @@ func TestFederatedMedia(t *testing.T) {
 	testutil.ForEachBackend(t, func(t *testing.T, b testutil.Backend) {
 		ctx := context.Background()
 		network := testutil.NewNetwork(t, "hs1", "hs2", "hs3")
-		hs1 := network.Start(t, b, "hs1")
+		old := oldMediaServer(t, network)
+		hs1 := network.Start(t, b, "hs1", func(c *config.Config) { c.Federation.Resolve += ",old=" + old })
 		hs2 := network.Start(t, b, "hs2")
-		hs3 := network.Start(t, b, "hs3", func(c *config.Config) { c.Media.MaxUploadBytes = 1024 })
+		hs3 := network.Start(t, b, "hs3", func(c *config.Config) {
+			c.Media.MaxUploadBytes = 1024
+			c.Media.LegacyFreeze = "off"
+		})
 		alice := hs1.NewUser(t, "alice", "password")
 		bob := hs2.NewUser(t, "bob", "password")
 		img := pngBytes(t, 400, 200)
@@ -91,6 +129,23 @@ func TestFederatedMedia(t *testing.T) {
 			requireError(t, "remote media over the limit", hs3.NewUser(t, "carol", "password").Do("GET", mediaPath("download", "hs2", big), nil), 502, "M_TOO_LARGE")
 			requireError(t, "unreachable server", alice.Do("GET", mediaPath("download", "127.0.0.1:1", "abc"), nil), 502, "M_UNKNOWN")
 			requireError(t, "legacy endpoint, frozen", hs1.Client(t).Do("GET", "/_matrix/media/v3/download/hs2/"+id, nil), 404, "M_NOT_FOUND")
+		})
+		t.Run("legacy requests", func(t *testing.T) {
+			// hs3 serves the deprecated endpoints; it asks hs2's legacy
+			// endpoint first, which is frozen, then the federation one.
+			textID := upload(t, hs2, bob, []byte("small"), "text/plain", "small.txt")
+			r := hs3.Client(t).Do("GET", "/_matrix/media/v3/download/hs2/"+textID, nil)
+			if r.Status != 200 || string(r.Body) != "small" || r.Header.Get("Content-Disposition") != "inline; filename=small.txt" {
+				t.Fatalf("legacy download of remote media: %d %q %v", r.Status, r.Body, r.Header)
+			}
+			decodeImage(t, "legacy remote thumbnail", hs3.Client(t).Do("GET", "/_matrix/media/v3/thumbnail/hs2/"+id+"?width=32&height=32&method=crop", nil), "image/png", 32, 32)
+		})
+		t.Run("server without the federation media endpoints", func(t *testing.T) {
+			r := alice.Do("GET", mediaPath("download", "old", "oldmedia"), nil)
+			if r.Status != 200 || string(r.Body) != "from an old server" || r.Header.Get("Content-Disposition") != "inline; filename=old.txt" {
+				t.Fatalf("download from an old server: %d %q %v", r.Status, r.Body, r.Header)
+			}
+			decodeImage(t, "thumbnail from an old server", alice.Do("GET", mediaPath("thumbnail", "old", "oldmedia")+"?width=32&height=32", nil), "image/png", 16, 16)
 		})
 		t.Run("remote media not uploaded yet", func(t *testing.T) {
 			r := bob.Do("POST", "/_matrix/media/v1/create", nil)

@@ -155,3 +155,39 @@ func TestAdminAPI(t *testing.T) {
 		})
 	})
 }
+
+// TestRetention ages media by hand (as if nobody had downloaded it for a
+// long time) and runs the housekeeping with media.local_retention set.
+func TestRetention(t *testing.T) {
+	testutil.ForEachBackend(t, func(t *testing.T, b testutil.Backend) {
+		srv := testutil.Start(t, b, func(c *config.Config) { c.Media.LocalRetention = 30 * 24 * time.Hour })
+		alice := srv.NewUser(t, "alice", "password")
+		server := srv.Config.ServerName
+		stale := upload(t, srv, alice, []byte("stale"), "text/plain", "")
+		fresh := upload(t, srv, alice, []byte("fresh"), "text/plain", "")
+		old := time.Now().Add(-31 * 24 * time.Hour).UnixMilli()
+		if _, err := srv.DB.Exec(context.Background(), `UPDATE media SET last_access_ts = $1 WHERE media_id = $2`, old, stale); err != nil {
+			t.Fatal(err)
+		}
+		srv.Media.Housekeep(context.Background())
+		requireError(t, "media past retention", alice.Do("GET", mediaPath("download", server, stale), nil), 404, "M_NOT_FOUND")
+		requireStatus(t, "recently downloaded media", alice.Do("GET", mediaPath("download", server, fresh), nil), 200)
+	})
+}
+
+// TestNoPregeneratedThumbnails empties media.thumbnail_sizes: nothing is
+// made at upload, and thumbnails are still made on request.
+func TestNoPregeneratedThumbnails(t *testing.T) {
+	testutil.ForEachBackend(t, func(t *testing.T, b testutil.Backend) {
+		srv := testutil.Start(t, b, func(c *config.Config) { c.Media.ThumbnailSizes = "" })
+		alice := srv.NewUser(t, "alice", "password")
+		id := upload(t, srv, alice, pngBytes(t, 200, 200), "image/png", "")
+		if n := thumbCount(t, srv, id); n != 0 {
+			t.Fatalf("%d thumbnails made at upload", n)
+		}
+		decodeImage(t, "on request", alice.Do("GET", mediaPath("thumbnail", srv.Config.ServerName, id)+"?width=40&height=40&method=crop", nil), "image/png", 40, 40)
+		if n := thumbCount(t, srv, id); n != 1 {
+			t.Fatalf("%d thumbnails cached, want 1", n)
+		}
+	})
+}

@@ -37,7 +37,8 @@ const fetchSlack = 60 * time.Second
 const maxMetadataBytes = 64 << 10
 
 // remoteMedia returns remote media, from the cache or fetched now.
-func (s *Service) remoteMedia(ctx context.Context, server, mediaID string, wait time.Duration) (*mediaRow, error) {
+func (s *Service) remoteMedia(ctx context.Context, req request) (*mediaRow, error) {
+	server, mediaID := req.server, req.mediaID
 	m, err := s.getMedia(ctx, server, mediaID)
 	if err != nil || (m != nil && (m.Quarantined || m.ready())) {
 		return m, err
@@ -46,9 +47,9 @@ func (s *Service) remoteMedia(ctx context.Context, server, mediaID string, wait 
 		return nil, httpx.NotFound("This server does not fetch remote media")
 	}
 	_, err, _ = s.flight.Do("remote "+server+"/"+mediaID, func() (any, error) {
-		ctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), wait+fetchSlack)
+		ctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), req.wait+fetchSlack)
 		defer cancel()
-		return nil, s.fetchRemote(ctx, server, mediaID, wait)
+		return nil, s.fetchRemote(ctx, req)
 	})
 	if err != nil {
 		return nil, err
@@ -60,11 +61,12 @@ func (s *Service) remoteMedia(ctx context.Context, server, mediaID string, wait 
 }
 
 // fetchRemote downloads remote media and caches it.
-func (s *Service) fetchRemote(ctx context.Context, server, mediaID string, wait time.Duration) error {
-	q := url.Values{"timeout_ms": {strconv.FormatInt(wait.Milliseconds(), 10)}}
+func (s *Service) fetchRemote(ctx context.Context, req request) error {
+	server, mediaID := req.server, req.mediaID
+	q := url.Values{"timeout_ms": {strconv.FormatInt(req.wait.Milliseconds(), 10)}}
 	body, header, closeFn, err := s.fetch(ctx, server,
 		"/_matrix/federation/v1/media/download/"+mediaID+"?"+q.Encode(),
-		"/_matrix/media/v3/download/"+url.PathEscape(server)+"/"+mediaID+"?allow_remote=false&"+q.Encode())
+		"/_matrix/media/v3/download/"+url.PathEscape(server)+"/"+mediaID+"?allow_remote=false&"+q.Encode(), req.legacy)
 	if err != nil {
 		return s.remoteFailure(server, mediaID, err, false)
 	}
@@ -113,7 +115,7 @@ func (s *Service) fetchRemoteThumbnail(ctx context.Context, req request, p thumb
 	}
 	body, header, closeFn, err := s.fetch(ctx, req.server,
 		"/_matrix/federation/v1/media/thumbnail/"+req.mediaID+"?"+q.Encode(),
-		"/_matrix/media/v3/thumbnail/"+url.PathEscape(req.server)+"/"+req.mediaID+"?allow_remote=false&"+q.Encode())
+		"/_matrix/media/v3/thumbnail/"+url.PathEscape(req.server)+"/"+req.mediaID+"?allow_remote=false&"+q.Encode(), req.legacy)
 	if err != nil {
 		return nil, s.remoteFailure(req.server, req.mediaID, err, true)
 	}
@@ -136,41 +138,54 @@ func (s *Service) fetchRemoteThumbnail(ctx context.Context, req request, p thumb
 	return t, err
 }
 
-// fetch asks server for media with the federation endpoint uri, or with
-// the legacy client endpoint legacyURI if the server does not know the
-// federation one. It returns the media bytes, their headers and the
-// function that releases the connection.
-func (s *Service) fetch(ctx context.Context, server, uri, legacyURI string) (io.Reader, textproto.MIMEHeader, func(), error) {
-	resp, err := s.fed.Client.DoRaw(ctx, server, http.MethodGet, uri, nil, true)
-	if err != nil {
-		return nil, nil, nil, err
+// fetch asks server for media with the federation endpoint fedURI or the
+// legacy client endpoint legacyURI. Requests made for the authenticated
+// client endpoints use the federation endpoint, and the legacy one only
+// when the server does not know it (a server older than Matrix 1.11);
+// requests made for the deprecated unauthenticated endpoints (legacyFirst)
+// use the legacy endpoint first, as Synapse does, and the federation one
+// when the legacy one does not give the media (it may be frozen there). It
+// returns the media bytes, their headers and the function that releases
+// the connection.
+func (s *Service) fetch(ctx context.Context, server, fedURI, legacyURI string, legacyFirst bool) (io.Reader, textproto.MIMEHeader, func(), error) {
+	order := []bool{true, false} // federation endpoint?
+	if legacyFirst {
+		order = []bool{false, true}
 	}
-	if isUnrecognized(resp) {
-		resp.Body.Close()
-		if resp, err = s.fed.Client.DoRaw(ctx, server, http.MethodGet, legacyURI, nil, false); err != nil {
+	for i, federated := range order {
+		uri := legacyURI
+		if federated {
+			uri = fedURI
+		}
+		resp, err := s.fed.Client.DoRaw(ctx, server, http.MethodGet, uri, nil, federated)
+		if err != nil {
 			return nil, nil, nil, err
+		}
+		if i == 0 && (isUnrecognized(resp) || legacyFirst && resp.StatusCode == http.StatusNotFound) {
+			resp.Body.Close()
+			continue
 		}
 		if resp.StatusCode != http.StatusOK {
 			defer resp.Body.Close()
 			return nil, nil, nil, remoteError(server, resp)
 		}
-		return resp.Body, textproto.MIMEHeader(resp.Header), func() { resp.Body.Close() }, nil
+		if !federated {
+			return resp.Body, textproto.MIMEHeader(resp.Header), func() { resp.Body.Close() }, nil
+		}
+		body, header, closeFn, err := s.multipartMedia(ctx, resp)
+		if err != nil {
+			resp.Body.Close()
+			return nil, nil, nil, err
+		}
+		return body, header, func() { closeFn(); resp.Body.Close() }, nil
 	}
-	if resp.StatusCode != http.StatusOK {
-		defer resp.Body.Close()
-		return nil, nil, nil, remoteError(server, resp)
-	}
-	body, header, closeFn, err := s.multipartMedia(ctx, resp)
-	if err != nil {
-		resp.Body.Close()
-		return nil, nil, nil, err
-	}
-	return body, header, func() { closeFn(); resp.Body.Close() }, nil
+	panic("unreachable")
 }
 
 // isUnrecognized reports whether a server answered that it does not know
-// the endpoint (a server older than Matrix 1.11). It may consume a little
-// of the body of such an error.
+// the endpoint: 404 or 405 with M_UNRECOGNIZED or a body that is not JSON
+// (older servers), or 400 M_UNRECOGNIZED (older Synapse). It may consume a
+// little of the body of such an error.
 func isUnrecognized(resp *http.Response) bool {
 	switch resp.StatusCode {
 	case http.StatusNotFound, http.StatusMethodNotAllowed, http.StatusBadRequest:
@@ -182,7 +197,10 @@ func isUnrecognized(resp *http.Response) bool {
 	}
 	raw, _ := io.ReadAll(io.LimitReader(resp.Body, maxMetadataBytes))
 	resp.Body = io.NopCloser(io.MultiReader(bytes.NewReader(raw), resp.Body))
-	return json.Unmarshal(raw, &e) == nil && e.ErrCode == "M_UNRECOGNIZED"
+	if json.Unmarshal(raw, &e) == nil && e.ErrCode == "M_UNRECOGNIZED" {
+		return true
+	}
+	return resp.StatusCode != http.StatusBadRequest && !bytes.HasPrefix(bytes.TrimSpace(raw), []byte("{"))
 }
 
 // multipartMedia reads a federation media answer: a JSON metadata part,

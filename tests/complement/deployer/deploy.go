@@ -290,6 +290,11 @@ func serverEnv(cfg *config.Complement, s *server, caFile, resolve string) []stri
 		"PALPO_FEDERATION_CA_FILE="+caFile,
 		"PALPO_FEDERATION_RESOLVE="+resolve,
 		"PALPO_FEDERATION_ALLOW_PRIVATE=true",
+		// Complement's media tests use the deprecated unauthenticated media
+		// endpoints and preview pages it serves on loopback.
+		"PALPO_MEDIA_LEGACY_FREEZE=off",
+		"PALPO_MEDIA_URL_PREVIEWS=true",
+		"PALPO_MEDIA_URL_PREVIEW_ALLOW_RANGES=127.0.0.0/8",
 	)
 	// COMPLEMENT_SHARE_ENV_PREFIX: FOO_PALPO_X=y on the host becomes
 	// PALPO_X=y in the server, after (and so overriding) the settings above.
