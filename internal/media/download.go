@@ -201,7 +201,9 @@ func (s *Service) serveThumbnail(w http.ResponseWriter, r *http.Request, legacy 
 			return httpx.NotFound("This media is quarantined")
 		case m != nil && m.ready() && m.ImageFormat != "":
 			// Cached whole: thumbnail it here.
-		case legacy && (!req.allowRemote || !s.legacyServes(s.nowMS())):
+		case legacy && !req.allowRemote:
+			return httpx.NotFound("Remote media not cached here")
+		case legacy && !s.legacyServes(s.nowMS()):
 			return frozen()
 		default:
 			t, err := s.remoteThumbnail(ctx, req, p)

@@ -12,6 +12,7 @@ import (
 	"io"
 	"net/http"
 	"strconv"
+	"time"
 
 	"golang.org/x/image/draw"
 	_ "golang.org/x/image/webp" // registers WebP with image.Decode
@@ -37,6 +38,10 @@ const maxThumbDim = 2048
 // maxAnimatedPixels bounds the pixels of all frames of an animated
 // thumbnail together; a longer or larger animation gets a still one.
 const maxAnimatedPixels = 4_000_000
+
+// thumbnailTimeout bounds the wait for a decoding slot and the making of
+// one thumbnail.
+const thumbnailTimeout = 2 * time.Minute
 
 // thumbPlan is what a thumbnail request resolves to for a source image.
 type thumbPlan struct {
@@ -156,6 +161,10 @@ func (s *Service) localThumbnail(ctx context.Context, m *mediaRow, src *source, 
 	}
 	key := fmt.Sprintf("thumb %s/%s %dx%d %s %v", m.ServerName, m.MediaID, plan.w, plan.h, p.method, animated)
 	v, err, _ := s.flight.Do(key, func() (any, error) {
+		// Shared by every request for this thumbnail: not cancelled with
+		// the first one.
+		ctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), thumbnailTimeout)
+		defer cancel()
 		return s.makeThumbnail(ctx, m, src, plan, p.method, animated)
 	})
 	if err != nil {
@@ -168,7 +177,7 @@ func (s *Service) localThumbnail(ctx context.Context, m *mediaRow, src *source, 
 func (s *Service) makeThumbnail(ctx context.Context, m *mediaRow, src *source, plan thumbPlan, method string, animated bool) (*thumbRow, error) {
 	release, err := s.acquireDecode(ctx)
 	if err != nil {
-		return nil, err
+		return nil, httpx.LimitExceeded(time.Second) // every decoding slot busy for minutes
 	}
 	defer release()
 	var buf bytes.Buffer
