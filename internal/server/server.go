@@ -20,6 +20,7 @@ import (
 	"github.com/palpo-go/palpo/internal/accounts"
 	"github.com/palpo-go/palpo/internal/config"
 	"github.com/palpo-go/palpo/internal/db"
+	"github.com/palpo-go/palpo/internal/e2ee"
 	"github.com/palpo-go/palpo/internal/federation"
 	"github.com/palpo-go/palpo/internal/httpx"
 	"github.com/palpo-go/palpo/internal/media"
@@ -36,6 +37,7 @@ type Server struct {
 	Rooms      *rooms.Engine
 	Sync       *sync.Service
 	Federation *federation.Federation
+	E2EE       *e2ee.Service
 	Media      *media.Service
 
 	// NewSigningKey is true when this start created the signing key (first
@@ -97,13 +99,19 @@ func New(ctx context.Context, cfg *config.Config) (*Server, error) {
 		}
 	}
 	s.Sync = sync.New(d, s.Rooms, s.Accounts, cfg.Presence)
-	s.Rooms.NewEvents = s.Sync.OnNewEvents
+	s.E2EE = e2ee.New(d, s.Accounts, s.Rooms, s.Sync.Notifier())
+	s.Sync.AddExtension(s.E2EE.Extension())
+	s.Accounts.Hooks.DeviceDeleted = s.E2EE.OnDeviceDeleted
+	// E2EE records joins and departures before sync wakes the room, so the
+	// woken /sync sees them in device_lists.
+	s.Rooms.NewEvents = func(evs []*rooms.Event) { s.E2EE.OnNewEvents(evs); s.Sync.OnNewEvents(evs) }
 	s.Accounts.Hooks.AccountDataChanged = s.Sync.OnAccountData
 
 	s.router = httpx.NewRouter(s.Accounts.Authenticate, cfg.MaxBodyBytes)
 	s.Accounts.Routes(s.router)
 	s.Rooms.Routes(s.router)
 	s.Sync.Routes(s.router)
+	s.E2EE.Routes(s.router)
 	s.Federation.Routes(s.router)
 	if s.Media, err = media.New(cfg, d, s.Federation); err != nil {
 		d.Close()

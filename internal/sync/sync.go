@@ -41,7 +41,7 @@ type Response struct {
 	ToDevice               *EventList       `json:"to_device,omitempty"`
 	DeviceLists            *DeviceLists     `json:"device_lists,omitempty"`
 	DeviceOneTimeKeysCount map[string]int64 `json:"device_one_time_keys_count,omitempty"`
-	DeviceUnusedFallback   []string         `json:"device_unused_fallback_key_types,omitempty"`
+	DeviceUnusedFallback   []string         `json:"device_unused_fallback_key_types,omitzero"` // required when E2EE sets it, even empty
 }
 
 // EventList is {"events": [...]}.
