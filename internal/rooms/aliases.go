@@ -157,8 +157,8 @@ func (e *Engine) handlePutAlias(r *http.Request, p *httpx.Principal) (any, error
 	return httpx.Empty, nil
 }
 
-// handleGetAlias resolves an alias. Remote aliases need a federation
-// directory query, which Palpo does not make yet: they answer 404.
+// handleGetAlias resolves an alias. Remote aliases are asked of their
+// server (Federation.ResolveAlias); without federation they answer 404.
 func (e *Engine) handleGetAlias(r *http.Request) (any, error) {
 	alias := r.PathValue("roomAlias")
 	_, server, err := ParseAlias(alias)
@@ -166,6 +166,13 @@ func (e *Engine) handleGetAlias(r *http.Request) (any, error) {
 		return nil, err
 	}
 	if server != string(e.serverName) {
+		if e.Federation.ResolveAlias != nil {
+			roomID, servers, err := e.Federation.ResolveAlias(r.Context(), alias)
+			if err != nil {
+				return nil, err
+			}
+			return map[string]any{"room_id": roomID, "servers": servers}, nil
+		}
 		return nil, httpx.NotFound("Room alias %s not found: remote aliases cannot be resolved yet", alias)
 	}
 	ctx := r.Context()

@@ -144,23 +144,41 @@ type PublicRoom struct {
 const maxPublicRooms = 100
 
 func (e *Engine) handleGetPublicRooms(r *http.Request) (any, error) {
+	req, err := PublicRoomsQuery(r)
+	if err != nil {
+		return nil, err
+	}
+	return e.publicRooms(r.Context(), r.URL.Query().Get("server"), req)
+}
+
+func (e *Engine) handlePostPublicRooms(r *http.Request, _ *httpx.Principal) (any, error) {
+	req, err := PublicRoomsBody(r)
+	if err != nil {
+		return nil, err
+	}
+	return e.publicRooms(r.Context(), r.URL.Query().Get("server"), req)
+}
+
+// PublicRoomsQuery reads the query parameters of GET /publicRooms (client
+// and federation APIs).
+func PublicRoomsQuery(r *http.Request) (PublicRoomsRequest, error) {
 	q := r.URL.Query()
 	req := PublicRoomsRequest{Since: q.Get("since"), ThirdPartyInstanceID: q.Get("third_party_instance_id")}
 	if s := q.Get("limit"); s != "" {
 		n, err := strconv.ParseInt(s, 10, 64)
 		if err != nil {
-			return nil, httpx.InvalidParam("limit must be an integer")
+			return req, httpx.InvalidParam("limit must be an integer")
 		}
 		req.Limit = n
 	}
 	var err error
-	if req.IncludeAllNetworks, err = httpx.QueryBool(r, "include_all_networks", false); err != nil {
-		return nil, err
-	}
-	return e.publicRooms(r.Context(), q.Get("server"), req)
+	req.IncludeAllNetworks, err = httpx.QueryBool(r, "include_all_networks", false)
+	return req, err
 }
 
-func (e *Engine) handlePostPublicRooms(r *http.Request, _ *httpx.Principal) (any, error) {
+// PublicRoomsBody reads the body of POST /publicRooms (client and
+// federation APIs).
+func PublicRoomsBody(r *http.Request) (PublicRoomsRequest, error) {
 	var body struct {
 		Limit  *int64 `json:"limit"`
 		Since  string `json:"since"`
@@ -172,7 +190,7 @@ func (e *Engine) handlePostPublicRooms(r *http.Request, _ *httpx.Principal) (any
 		ThirdPartyInstanceID string `json:"third_party_instance_id"`
 	}
 	if err := httpx.DecodeJSON(r, &body); err != nil {
-		return nil, err
+		return PublicRoomsRequest{}, err
 	}
 	req := PublicRoomsRequest{Since: body.Since, IncludeAllNetworks: body.IncludeAllNetworks, ThirdPartyInstanceID: body.ThirdPartyInstanceID}
 	if body.Limit != nil {
@@ -181,16 +199,19 @@ func (e *Engine) handlePostPublicRooms(r *http.Request, _ *httpx.Principal) (any
 	if body.Filter != nil {
 		req.SearchTerm, req.RoomTypes = body.Filter.GenericSearchTerm, body.Filter.RoomTypes
 	}
-	return e.publicRooms(r.Context(), r.URL.Query().Get("server"), req)
+	return req, nil
 }
 
 // publicRooms answers both forms of /publicRooms. Another server's
-// directory needs a federation request, which Palpo does not make yet: it
-// answers 502, as for a server that cannot be reached.
+// directory is asked for over federation (Federation.PublicRooms); without
+// federation it answers 502, as for a server that cannot be reached.
 func (e *Engine) publicRooms(ctx context.Context, server string, req PublicRoomsRequest) (any, error) {
 	if server != "" && server != string(e.serverName) {
 		if config.ValidateServerName(server) != nil {
 			return nil, httpx.InvalidParam("Invalid server name %q", server)
+		}
+		if e.Federation.PublicRooms != nil {
+			return e.Federation.PublicRooms(ctx, server, req)
 		}
 		return nil, httpx.NewError(http.StatusBadGateway, "M_UNKNOWN", "Cannot fetch the room directory of %s: federation is not available yet", server)
 	}

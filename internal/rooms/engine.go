@@ -39,6 +39,9 @@ type Engine struct {
 	NewEvents func(evs []*Event)
 	// SendLimiter rate-limits message sends per user (nil: no limit).
 	SendLimiter *httpx.Limiter
+	// Federation reaches other servers (backfill, remote directories and
+	// aliases); see FederationHooks.
+	Federation FederationHooks
 
 	locks     sync.Map // room ID → *sync.Mutex
 	rooms     *cache.LRU[string, *roomInfo]

@@ -93,6 +93,7 @@ type ingestOptions struct {
 	stateBefore map[string][]string // event → state before it
 	noSoftFail  map[string]bool
 	mustAccept  string // write nothing unless this event is accepted
+	backfill    bool   // history from before the room's start: see AsBackfill
 }
 
 // AsOutliers stores the events as outliers: checked against their auth
@@ -241,7 +242,7 @@ func (e *Engine) ingestLocked(ctx context.Context, ri *roomInfo, pdus []gomatrix
 			results[i].Event = it.ev
 		}
 	}
-	if e.NewEvents != nil && len(accepted) > 0 {
+	if e.NewEvents != nil && len(accepted) > 0 && !o.backfill {
 		e.NewEvents(accepted)
 	}
 	return results, nil
@@ -296,6 +297,11 @@ func (x *ingestBatch) prepare(ctx context.Context, pdus []gomatrixserverlib.PDU,
 	}
 	if err := x.loadBookkeeping(ctx, ids, rejected); err != nil {
 		return nil, err
+	}
+	if x.opts.backfill {
+		for _, id := range ids { // history: stored events build on all of it
+			x.refd[id] = true
+		}
 	}
 	// Kahn's algorithm over the batch's own edges.
 	deps := map[string]int{}

@@ -84,6 +84,10 @@ func (x *ingestBatch) write(ctx context.Context) error {
 				return fmt.Errorf("insert room: %w", err)
 			}
 		}
+		backfillPos, err := x.backfillBase(ctx, tx)
+		if err != nil {
+			return err
+		}
 		planned := 0
 		storePlans := func(upto int) error {
 			for ; planned < upto; planned++ {
@@ -112,7 +116,9 @@ func (x *ingestBatch) write(ctx context.Context) error {
 			var pos int64
 			if ev.Status == StatusAccepted {
 				var err error
-				if pos, err = db.NextStreamPos(ctx, tx); err != nil {
+				if x.opts.backfill {
+					pos, backfillPos = backfillPos, backfillPos+1
+				} else if pos, err = db.NextStreamPos(ctx, tx); err != nil {
 					return err
 				}
 			}

@@ -395,7 +395,11 @@ func (e *Engine) handleMessages(r *http.Request, p *httpx.Principal) (any, error
 		resp.Start = Token(w.maxPos)
 	}
 	rc := e.newReader(p, w)
-	evs, next, more, err := e.page(ctx, w.ri, timelinePager(w, pp.back, pp.from, pp.to, pp.limit, rc.keepMatching(ctx, f)))
+	keep := rc.keepMatching(ctx, f)
+	evs, next, more, err := e.page(ctx, w.ri, timelinePager(w, pp.back, pp.from, pp.to, pp.limit, keep))
+	if err == nil && pp.back && !more && len(evs) < pp.limit {
+		evs, next, more, err = e.pageWithBackfill(ctx, w, pp, keep, evs, next)
+	}
 	if err != nil {
 		return nil, err
 	}
