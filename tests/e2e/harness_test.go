@@ -94,10 +94,15 @@ func (failFastSyncer) OnFailedSync(_ *mautrix.RespSync, err error) (time.Duratio
 	return 0, err
 }
 
-// startSyncing starts cli's sync loop until the test ends.
-func startSyncing(t *testing.T, cli *mautrix.Client) *syncingUser {
+// startSyncing starts cli's sync loop until the test ends. The setup
+// functions add their handlers to the syncer first (the encryption tests
+// plug an Olm machine in), so they run before the test sees an event.
+func startSyncing(t *testing.T, cli *mautrix.Client, setup ...func(*mautrix.DefaultSyncer)) *syncingUser {
 	u := &syncingUser{Client: cli, t: t, changed: make(chan struct{})}
 	syncer := mautrix.NewDefaultSyncer()
+	for _, f := range setup {
+		f(syncer)
+	}
 	syncer.ParseErrorHandler = func(evt *event.Event, err error) bool {
 		if errors.Is(err, event.ErrUnsupportedContentType) || errors.Is(err, event.ErrContentAlreadyParsed) {
 			return true
