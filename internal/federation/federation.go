@@ -110,7 +110,7 @@ func (f *Federation) Handle(pattern string, h Handler) {
 	if f.router == nil {
 		panic(errors.New("federation: Handle called before Routes"))
 	}
-	f.router.Public(pattern, f.authenticated(h))
+	f.router.Signed(pattern, 0, f.authenticated(h))
 }
 
 // ServerName is the name of this server.

@@ -534,6 +534,18 @@ func (f *fixture) checkRoute(t *testing.T, rt httpx.Route, mux *http.ServeMux) {
 	if rt.Auth == httpx.RouteRaw {
 		return // raw handlers (metrics, health, media streams) own their answers
 	}
+	if rt.Auth == httpx.RouteSigned {
+		// Federation endpoints authenticate the calling server's signature
+		// before anything else: unsigned requests, whatever they carry, are
+		// refused. (The federation package tests signed malformed requests.)
+		for _, body := range [][]byte{nil, []byte("this is not JSON"), []byte("{}")} {
+			if body != nil && !hasBody(method) {
+				continue
+			}
+			f.check(t, "unsigned", request{method: method, path: path, body: body, auth: "Bearer " + f.token}, exactly(401, "M_UNAUTHORIZED"))
+		}
+		return
+	}
 	var malformed []byte
 	if hasBody(method) {
 		malformed = []byte("this is not JSON")
