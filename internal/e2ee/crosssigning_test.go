@@ -197,5 +197,24 @@ func TestSignaturesUpload(t *testing.T) {
 			}
 		}
 		wantError(t, "not an object", alice1.Do("POST", signaturesUploadPath, []int{1}), 400, "M_BAD_JSON")
+
+		// The same device keys signed again keep the cross-signatures; new
+		// identity keys drop them and are a device-list change.
+		bs.sync(t)
+		alice2.upload(t, map[string]any{"device_keys": sign(t, a2keys, alice1.UserID, "ed25519:other", newKeyPair(t).priv)})
+		if dig(query(t, bob.Client, alice1.UserID), "device_keys", alice1.UserID, "ALICE2", "signatures", alice1.UserID, sskID) == nil {
+			t.Fatal("re-signing the same keys dropped the cross-signature")
+		}
+		if changed, _ := deviceLists(bs.sync(t)); len(changed) != 0 {
+			t.Fatalf("re-signing the same keys is a change: %v", changed)
+		}
+		alice2.key = newKeyPair(t)
+		alice2.upload(t, map[string]any{"device_keys": alice2.deviceKeys(t)})
+		if dig(query(t, bob.Client, alice1.UserID), "device_keys", alice1.UserID, "ALICE2", "signatures", alice1.UserID, sskID) != nil {
+			t.Fatal("new device keys kept the old keys' cross-signature")
+		}
+		if changed, _ := deviceLists(bs.sync(t)); !slices.Equal(changed, []string{alice1.UserID}) {
+			t.Fatalf("bob after alice's device got new keys: changed %v", changed)
+		}
 	})
 }

@@ -1,6 +1,7 @@
 package e2ee_test
 
 import (
+	"fmt"
 	"net/url"
 	"slices"
 	"testing"
@@ -91,5 +92,31 @@ func TestDeviceLists(t *testing.T) {
 		wantError(t, "no from", alice.Do("GET", path+"?to="+url.QueryEscape(before), nil), 400, "M_MISSING_PARAM")
 		wantError(t, "no to", alice.Do("GET", path+"?from="+url.QueryEscape(before), nil), 400, "M_MISSING_PARAM")
 		wantError(t, "bad token", alice.Do("GET", path+"?from=banana&to="+url.QueryEscape(before), nil), 400, "M_INVALID_PARAM")
+	})
+}
+
+// TestDeviceListsManyUsers covers the many-users path: past a few dozen
+// candidates, sharing a room is decided from the members of the syncing
+// user's rooms, loaded once.
+func TestDeviceListsManyUsers(t *testing.T) {
+	testutil.ForEachBackend(t, func(t *testing.T, b testutil.Backend) {
+		srv := testutil.Start(t, b)
+		alice := srv.NewUser(t, "alice", "pw")
+		roomID := createRoom(t, alice, map[string]any{"preset": "public_chat"})
+		as := &syncer{c: alice}
+		as.sync(t)
+		var want []string
+		for i := range 40 {
+			u := newDevice(t, srv.NewUser(t, fmt.Sprintf("user%02d", i), "pw"))
+			if i%4 != 0 { // a quarter of them never share a room with alice
+				join(t, u.Client, roomID)
+				want = append(want, u.UserID)
+			}
+			u.upload(t, map[string]any{"device_keys": u.deviceKeys(t)})
+		}
+		slices.Sort(want)
+		if changed, left := deviceLists(as.sync(t)); !slices.Equal(changed, want) || len(left) != 0 {
+			t.Fatalf("changed %v left %v, want changed %v", changed, left, want)
+		}
 	})
 }

@@ -1,6 +1,7 @@
 package e2ee_test
 
 import (
+	"encoding/json"
 	"fmt"
 	"net/url"
 	"slices"
@@ -161,6 +162,36 @@ func TestToDeviceWakesSyncAndSurvivesRestart(t *testing.T) {
 		}
 		if got := toDevice(t, s.sync(t), bob.UserID); len(got) != 0 {
 			t.Fatalf("after acknowledging: %v", got)
+		}
+	})
+}
+
+// TestDeliverToDevice covers the entry point of to-device messages from
+// other servers: local recipients only, once per message ID.
+func TestDeliverToDevice(t *testing.T) {
+	testutil.ForEachBackend(t, func(t *testing.T, b testutil.Backend) {
+		srv := testutil.Start(t, b)
+		alice := srv.NewUser(t, "alice", "pw")
+		const sender = "@carol:remote.example"
+		msgs := map[string]map[string]json.RawMessage{
+			alice.UserID:              {"*": json.RawMessage(`{"n":1}`)},
+			"@dave:remote.example":    {"*": json.RawMessage(`{"n":2}`)},
+			"@eve:" + "other.example": {"D": json.RawMessage(`{"n":3}`)},
+		}
+		for range 2 {
+			if err := srv.E2EE.DeliverToDevice(t.Context(), sender, "m.test", "msg-1", msgs); err != nil {
+				t.Fatal(err)
+			}
+		}
+		if got := toDevice(t, (&syncer{c: alice}).sync(t), sender); !slices.Equal(got, []float64{1}) {
+			t.Fatalf("alice got %v, want [1]", got)
+		}
+		if out, _ := srv.E2EE.PendingRemoteToDevice(t.Context(), "remote.example", 10); len(out) != 0 {
+			t.Fatalf("messages from another server were queued for federation: %+v", out)
+		}
+		err := srv.E2EE.DeliverToDevice(t.Context(), sender, "m.test", "msg-2", map[string]map[string]json.RawMessage{alice.UserID: {"*": json.RawMessage(`"not an object"`)}})
+		if err == nil {
+			t.Fatal("a message that is not an object was accepted")
 		}
 	})
 }
