@@ -39,6 +39,13 @@ type Engine struct {
 	NewEvents func(evs []*Event)
 	// SendLimiter rate-limits message sends per user (nil: no limit).
 	SendLimiter *httpx.Limiter
+	// Remote performs the membership handshakes with other servers
+	// (remote_membership.go); nil: rooms of this server only.
+	Remote RemoteMembership
+	// NotifyUser is called after a change that concerns one user outside
+	// any room this server follows (an invite received over federation, a
+	// knock through another server) is committed, to wake their /sync.
+	NotifyUser func(userID string)
 	// Federation reaches other servers (backfill, remote directories and
 	// aliases); see FederationHooks.
 	Federation FederationHooks

@@ -46,7 +46,7 @@ func (e *Engine) SetMembership(ctx context.Context, roomID, sender, target, memb
 	}
 	if membership == spec.Join || membership == spec.Invite {
 		// Coming back un-forgets the room.
-		if _, err := e.db.Exec(ctx, `DELETE FROM forgotten_rooms WHERE user_id = $1 AND room_id = $2`, target, roomID); err != nil {
+		if err := e.unforget(ctx, target, roomID); err != nil {
 			return nil, err
 		}
 	}
@@ -103,7 +103,7 @@ func (e *Engine) resolveRoomIDOrAlias(ctx context.Context, s string) (string, er
 	return "", httpx.InvalidParam("%q is neither a room ID nor an alias", s)
 }
 
-func (e *Engine) join(r *http.Request, p *httpx.Principal, roomID string) (any, error) {
+func (e *Engine) join(r *http.Request, p *httpx.Principal, roomID string, servers []string) (any, error) {
 	// Extra keys of the body go into the member event, as Synapse does
 	// (clients use it for custom membership content).
 	var body map[string]json.RawMessage
@@ -124,6 +124,9 @@ func (e *Engine) join(r *http.Request, p *httpx.Principal, roomID string) (any, 
 		}
 	}
 	ctx := r.Context()
+	if done, err := e.joinRemote(ctx, roomID, p.UserID, servers, reason, extra); err != nil || done {
+		return map[string]string{"room_id": roomID}, err
+	}
 	exists, err := e.RoomExists(ctx, roomID)
 	if err != nil {
 		return nil, err
@@ -148,15 +151,19 @@ func (e *Engine) handleJoin(r *http.Request, p *httpx.Principal) (any, error) {
 	if err != nil {
 		return nil, err
 	}
-	return e.join(r, p, roomID)
-}
-
-func (e *Engine) handleJoinIDOrAlias(r *http.Request, p *httpx.Principal) (any, error) {
-	roomID, err := e.resolveRoomIDOrAlias(r.Context(), r.PathValue("roomIdOrAlias"))
+	servers, err := viaParams(r)
 	if err != nil {
 		return nil, err
 	}
-	return e.join(r, p, roomID)
+	return e.join(r, p, roomID, servers)
+}
+
+func (e *Engine) handleJoinIDOrAlias(r *http.Request, p *httpx.Principal) (any, error) {
+	roomID, servers, err := e.resolveMembershipTarget(r)
+	if err != nil {
+		return nil, err
+	}
+	return e.join(r, p, roomID, servers)
 }
 
 func (e *Engine) handleKnock(r *http.Request, p *httpx.Principal) (any, error) {
@@ -164,9 +171,12 @@ func (e *Engine) handleKnock(r *http.Request, p *httpx.Principal) (any, error) {
 	if err := httpx.DecodeOptionalJSON(r, &body); err != nil {
 		return nil, err
 	}
-	roomID, err := e.resolveRoomIDOrAlias(r.Context(), r.PathValue("roomIdOrAlias"))
+	roomID, servers, err := e.resolveMembershipTarget(r)
 	if err != nil {
 		return nil, err
+	}
+	if done, err := e.knockRemote(r.Context(), roomID, p.UserID, servers, body.Reason); err != nil || done {
+		return map[string]string{"room_id": roomID}, err
 	}
 	if exists, err := e.RoomExists(r.Context(), roomID); err != nil {
 		return nil, err
@@ -187,6 +197,9 @@ func (e *Engine) handleLeave(r *http.Request, p *httpx.Principal) (any, error) {
 	var body reasonBody
 	if err := httpx.DecodeOptionalJSON(r, &body); err != nil {
 		return nil, err
+	}
+	if done, err := e.leaveRemote(r.Context(), roomID, p.UserID, body.Reason); err != nil || done {
+		return httpx.Empty, err
 	}
 	exists, err := e.RoomExists(r.Context(), roomID)
 	if err != nil {
@@ -261,6 +274,9 @@ func (e *Engine) membershipAction(action string) httpx.AuthHandler {
 				return nil, httpx.Forbidden("%s is not banned", body.UserID)
 			}
 			membership = spec.Leave
+		}
+		if membership == spec.Invite && e.Remote != nil && !e.isLocalUser(body.UserID) {
+			return httpx.Empty, e.inviteRemoteUser(ctx, roomID, p.UserID, body.UserID, body.Reason)
 		}
 		if _, err := e.SetMembership(ctx, roomID, p.UserID, body.UserID, membership, body.Reason, nil); err != nil {
 			return nil, err

@@ -30,7 +30,10 @@ func (e *Engine) Memberships(ctx context.Context, userID string) (map[string]str
 			out[roomID] = *m
 		}
 	}
-	return out, rows.Err()
+	if err := rows.Err(); err != nil {
+		return nil, err
+	}
+	return e.mergeOutOfBand(ctx, userID, out)
 }
 
 // MembershipChange is a membership event of one user.
@@ -66,7 +69,10 @@ func (e *Engine) MembershipChanges(ctx context.Context, userID string, from, to 
 		c.Membership = ev.Content.Membership
 		out = append(out, c)
 	}
-	return out, rows.Err()
+	if err := rows.Err(); err != nil {
+		return nil, err
+	}
+	return e.outOfBandChanges(ctx, userID, from, to, out)
 }
 
 // RoomsWithEvents returns the rooms with accepted events at stream positions
@@ -201,6 +207,9 @@ var strippedTypes = []string{spec.MRoomCreate, spec.MRoomJoinRules, spec.MRoomNa
 // StrippedState returns the stripped state an invited or knocking user
 // sees, plus their own membership event.
 func (e *Engine) StrippedState(ctx context.Context, roomID, userID string) ([]StrippedState, error) {
+	if st, ok, err := e.outOfBandStrippedState(ctx, roomID, userID); err != nil || ok {
+		return st, err
+	}
 	ri, err := e.room(ctx, roomID)
 	if err != nil {
 		return nil, err

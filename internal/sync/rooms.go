@@ -175,6 +175,13 @@ func (s *Service) roomsSection(ctx context.Context, rq *Request) (*RoomsSection,
 		if !rf.AllowsRoom(roomID) {
 			continue
 		}
+		if lr, ok, err := s.outOfBandLeave(ctx, rq.UserID, roomID); err != nil || ok {
+			if err != nil {
+				return nil, err
+			}
+			out.Leave[roomID] = lr
+			continue
+		}
 		if w.to == 0 {
 			pos, err := s.leavePos(ctx, rq.UserID, roomID, rq.To)
 			if err != nil {
@@ -193,11 +200,11 @@ func (s *Service) roomsSection(ctx context.Context, rq *Request) (*RoomsSection,
 			continue
 		}
 		if len(rq.ignored) > 0 {
-			inv, err := s.rooms.CurrentStateEvent(ctx, roomID, spec.MRoomMember, rq.UserID)
+			sender, err := s.rooms.InviteSender(ctx, roomID, rq.UserID)
 			if err != nil {
 				return nil, err
 			}
-			if inv != nil && rq.ignored[string(inv.SenderID())] {
+			if rq.ignored[sender] {
 				continue // invites from ignored users are not shown
 			}
 		}
