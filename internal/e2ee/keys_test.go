@@ -121,6 +121,16 @@ func TestQueryKeys(t *testing.T) {
 		wantError(t, "bad user ID", bob.Do("POST", path, map[string]any{"device_keys": map[string]any{"not-a-user": []string{}}}), 400, "M_INVALID_PARAM")
 		wantError(t, "device list of the wrong type", bob.Do("POST", path, map[string]any{"device_keys": map[string]any{alice.UserID: "all"}}), 400, "M_BAD_JSON")
 
+		// Other servers get the list without display names, with the
+		// position of its last change.
+		ud, err := srv.E2EE.UserDevices(t.Context(), alice.UserID)
+		if err != nil || ud.StreamID == 0 || len(ud.Devices) != 1 || ud.Devices[0].DeviceID != alice.DeviceID || ud.MasterKey != nil {
+			t.Fatalf("UserDevices: %+v, %v", ud, err)
+		}
+		if dig(mustJSON(t, ud.Devices[0].Keys), "unsigned") != nil || dig(mustJSON(t, ud.Devices[0].Keys), "keys", alice.keyID()) != alice.key.pub {
+			t.Fatalf("UserDevices keys: %s", ud.Devices[0].Keys)
+		}
+
 		// Deleting the device removes its keys.
 		if err := srv.Accounts.DeleteDevices(t.Context(), alice.UserID, []string{alice.DeviceID}, ""); err != nil {
 			t.Fatal(err)
@@ -128,6 +138,9 @@ func TestQueryKeys(t *testing.T) {
 		r = bob.MustDo(200, "POST", path, map[string]any{"device_keys": map[string]any{alice.UserID: []string{}}})
 		if m, _ := dig(r.JSON, "device_keys", alice.UserID).(map[string]any); len(m) != 0 {
 			t.Fatalf("keys of a deleted device: %s", r.Body)
+		}
+		if after, err := srv.E2EE.UserDevices(t.Context(), alice.UserID); err != nil || len(after.Devices) != 0 || after.StreamID <= ud.StreamID {
+			t.Fatalf("UserDevices after the deletion: %+v, %v (before: stream %d)", after, err, ud.StreamID)
 		}
 	})
 }

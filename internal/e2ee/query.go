@@ -135,9 +135,9 @@ func (s *Service) QueryLocalKeys(ctx context.Context, requester string, q KeysQu
 			if !exists || (len(wanted) > 0 && !slices.Contains(wanted, deviceID)) {
 				continue
 			}
-			unsigned := map[string]any{}
+			var unsigned any
 			if name != nil && requester != "" {
-				unsigned["device_display_name"] = *name
+				unsigned = map[string]any{"device_display_name": *name}
 			}
 			out[deviceID] = withSignatures(raw, sigs[deviceID], unsigned)
 		}
@@ -316,4 +316,46 @@ func (s *Service) claimOne(ctx context.Context, user, device, alg string) (keyID
 		return err
 	})
 	return keyID, key, err
+}
+
+// UserDevices is a local user's device list as federation's
+// /user/devices/{userId} serves it: the devices with identity keys, the
+// public cross-signing keys, and the stream ID of the list's last change
+// (the stream_id of the m.device_list_update EDUs that follow).
+type UserDevices struct {
+	UserID         string          `json:"user_id"`
+	StreamID       int64           `json:"stream_id"`
+	Devices        []UserDevice    `json:"devices"`
+	MasterKey      json.RawMessage `json:"master_key,omitempty"`
+	SelfSigningKey json.RawMessage `json:"self_signing_key,omitempty"`
+}
+
+// UserDevice is one device of a UserDevices.
+type UserDevice struct {
+	DeviceID string          `json:"device_id"`
+	Keys     json.RawMessage `json:"keys"`
+}
+
+// UserDevices returns a local user's device list for another server.
+// Display names are not shared with other servers.
+func (s *Service) UserDevices(ctx context.Context, userID string) (*UserDevices, error) {
+	out := &UserDevices{UserID: userID, Devices: []UserDevice{}}
+	err := s.db.QueryRow(ctx, `SELECT COALESCE(MAX(stream_pos), 0) FROM e2ee_device_list_changes WHERE user_id = $1`, userID).Scan(&out.StreamID)
+	if err != nil {
+		return nil, err
+	}
+	res, err := s.QueryLocalKeys(ctx, "", KeysQuery{userID: nil})
+	if err != nil {
+		return nil, err
+	}
+	ids := make([]string, 0, len(res.DeviceKeys[userID]))
+	for id := range res.DeviceKeys[userID] {
+		ids = append(ids, id)
+	}
+	slices.Sort(ids)
+	for _, id := range ids {
+		out.Devices = append(out.Devices, UserDevice{DeviceID: id, Keys: res.DeviceKeys[userID][id]})
+	}
+	out.MasterKey, out.SelfSigningKey = res.MasterKeys[userID], res.SelfSigningKeys[userID]
+	return out, nil
 }
