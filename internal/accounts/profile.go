@@ -158,9 +158,10 @@ func (s *Service) lookUpProfile(ctx context.Context, userID string) (map[string]
 		return nil, httpx.InvalidParam("%q is not a valid user ID", userID)
 	}
 	if server != s.cfg.ServerName {
-		// TODO(federation): query the user's server with
-		// GET /_matrix/federation/v1/query/profile once federation exists.
-		return nil, httpx.NotFound("Profiles of users on other servers cannot be looked up yet")
+		if s.Hooks.RemoteProfile != nil {
+			return s.Hooks.RemoteProfile(ctx, userID)
+		}
+		return nil, httpx.NotFound("Profiles of users on other servers cannot be looked up")
 	}
 	row, err := s.readProfile(ctx, s.db, userID)
 	if err != nil {

@@ -5,6 +5,7 @@ package accounts
 
 import (
 	"context"
+	"encoding/json"
 
 	"github.com/palpo-go/palpo/internal/config"
 	"github.com/palpo-go/palpo/internal/db"
@@ -29,6 +30,9 @@ type Hooks struct {
 	// AccountDataChanged runs after a user's account data changed (wakes
 	// their /sync).
 	AccountDataChanged func(userID string)
+	// RemoteProfile asks another server for one of its users' profile
+	// (federation /query/profile). nil: remote profiles are not found.
+	RemoteProfile func(ctx context.Context, userID string) (map[string]json.RawMessage, error)
 }
 
 // Limiters are the rate limiters accounts uses; nil limiters allow all.

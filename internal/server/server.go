@@ -40,6 +40,9 @@ type Server struct {
 	E2EE       *e2ee.Service
 	Media      *media.Service
 
+	// RoomFederation is the room-level federation built on Federation.
+	RoomFederation *federation.Service
+
 	// NewSigningKey is true when this start created the signing key (first
 	// start of a fresh data directory).
 	NewSigningKey bool
@@ -113,6 +116,7 @@ func New(ctx context.Context, cfg *config.Config) (*Server, error) {
 	s.Sync.Routes(s.router)
 	s.E2EE.Routes(s.router)
 	s.Federation.Routes(s.router)
+	s.wireFederation()
 	if s.Media, err = media.New(cfg, d, s.Federation); err != nil {
 		d.Close()
 		return nil, err
@@ -147,6 +151,7 @@ func (s *Server) Start(main, fed net.Listener) error {
 		}
 	}
 	s.Sync.Start()
+	s.RoomFederation.Start()
 	s.Media.Start()
 	hs := newSrv()
 	s.servers = append(s.servers, hs)
@@ -178,6 +183,7 @@ func (s *Server) Err() <-chan error { return s.errs }
 func (s *Server) Shutdown(ctx context.Context) error {
 	var first error
 	s.Sync.Stop()
+	s.RoomFederation.Stop()
 	s.Media.Stop()
 	for _, hs := range s.servers {
 		if err := hs.Shutdown(ctx); err != nil && first == nil {

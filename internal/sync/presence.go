@@ -71,7 +71,14 @@ func (s *Service) setPresence(ctx context.Context, userID, presence string, stat
 			lastActive = cur.LastActiveTS
 		}
 	}
-	err = s.db.WriteTx(ctx, func(tx *db.Tx) error {
+	return s.storePresence(ctx, userID, presenceRow{Presence: presence, StatusMsg: statusMsg, LastActiveTS: lastActive,
+		CurrentlyActive: active && presence == PresenceOnline})
+}
+
+// storePresence stores a user's presence with a new stream position and
+// wakes the users who share a room with them.
+func (s *Service) storePresence(ctx context.Context, userID string, p presenceRow) error {
+	err := s.db.WriteTx(ctx, func(tx *db.Tx) error {
 		pos, err := db.NextStreamPos(ctx, tx)
 		if err != nil {
 			return err
@@ -80,7 +87,7 @@ func (s *Service) setPresence(ctx context.Context, userID, presence string, stat
 			VALUES ($1, $2, $3, $4, $5, $6)
 			ON CONFLICT (user_id) DO UPDATE SET presence = excluded.presence, status_msg = excluded.status_msg,
 				last_active_ts = excluded.last_active_ts, currently_active = excluded.currently_active, stream_pos = excluded.stream_pos`,
-			userID, presence, statusMsg, lastActive, active && presence == PresenceOnline, pos)
+			userID, p.Presence, p.StatusMsg, p.LastActiveTS, p.CurrentlyActive, pos)
 		return err
 	})
 	if err != nil {

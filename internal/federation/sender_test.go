@@ -1,0 +1,107 @@
+package federation_test
+
+import (
+	"fmt"
+	"net/url"
+	"slices"
+	"testing"
+
+	"github.com/palpo-go/palpo/internal/testutil"
+)
+
+// ephemeral returns the ephemeral events of type typ in a room of c's
+// initial /sync.
+func ephemeral(t *testing.T, c *testutil.Client, roomID, typ string) []map[string]any {
+	t.Helper()
+	r := c.MustDo(200, "GET", "/_matrix/client/v3/sync", nil)
+	join, _ := r.JSON["rooms"].(map[string]any)["join"].(map[string]any)
+	room, _ := join[roomID].(map[string]any)
+	eph, _ := room["ephemeral"].(map[string]any)
+	evs, _ := eph["events"].([]any)
+	var out []map[string]any
+	for _, raw := range evs {
+		if ev := raw.(map[string]any); ev["type"] == typ {
+			out = append(out, ev)
+		}
+	}
+	return out
+}
+
+// typingUsers lists who c sees typing in a room.
+func typingUsers(t *testing.T, c *testutil.Client, roomID string) []string {
+	t.Helper()
+	var out []string
+	for _, ev := range ephemeral(t, c, roomID, "m.typing") {
+		ids, _ := ev["content"].(map[string]any)["user_ids"].([]any)
+		for _, id := range ids {
+			out = append(out, id.(string))
+		}
+	}
+	return out
+}
+
+// TestChatAcrossServers runs a room whose members are on two servers:
+// messages go both ways through the sender and /send, and so do typing
+// notifications, read receipts and presence.
+func TestChatAcrossServers(t *testing.T) {
+	testutil.ForEachBackend(t, func(t *testing.T, b testutil.Backend) {
+		_, srv := startServers(t, b, "hs1", "hs2")
+		hs1, hs2 := srv[0], srv[1]
+		alice, bob := hs1.NewUser(t, "alice", "pw"), hs2.NewUser(t, "bob", "pw")
+		roomID := newRoom(t, alice, map[string]any{"preset": "public_chat"})
+		joinOver(t, hs1, hs2, roomID, bob.UserID)
+
+		// Messages both ways, in order.
+		var sent []string
+		for i := range 5 {
+			sent = append(sent, fmt.Sprintf("from alice %d", i))
+			say(t, alice, roomID, sent[len(sent)-1])
+		}
+		last := say(t, alice, roomID, "alice done")
+		sent = append(sent, "alice done")
+		waitEvent(t, bob, roomID, last)
+		reply := say(t, bob, roomID, "hello from hs2")
+		sent = append(sent, "hello from hs2")
+		waitEvent(t, alice, roomID, reply)
+		for _, c := range []*testutil.Client{alice, bob} {
+			if got := timeline(t, c, roomID); !slices.Equal(got, sent) {
+				t.Fatalf("%s timeline %q, want %q", c.UserID, got, sent)
+			}
+		}
+		if a, b := currentState(t, hs1, roomID), currentState(t, hs2, roomID); fmt.Sprint(a) != fmt.Sprint(b) {
+			t.Fatalf("state differs:\n%v\n%v", a, b)
+		}
+
+		// Typing, both ways, and its end.
+		typingPath := func(c *testutil.Client) string {
+			return "/_matrix/client/v3/rooms/" + url.PathEscape(roomID) + "/typing/" + url.PathEscape(c.UserID)
+		}
+		alice.MustDo(200, "PUT", typingPath(alice), map[string]any{"typing": true, "timeout": 20000})
+		waitUntil(t, "alice typing on hs2", func() bool { return slices.Contains(typingUsers(t, bob, roomID), alice.UserID) })
+		bob.MustDo(200, "PUT", typingPath(bob), map[string]any{"typing": true, "timeout": 20000})
+		waitUntil(t, "bob typing on hs1", func() bool { return slices.Contains(typingUsers(t, alice, roomID), bob.UserID) })
+		alice.MustDo(200, "PUT", typingPath(alice), map[string]any{"typing": false})
+		waitUntil(t, "alice stops typing on hs2", func() bool { return !slices.Contains(typingUsers(t, bob, roomID), alice.UserID) })
+
+		// Read receipts.
+		bob.MustDo(200, "POST", "/_matrix/client/v3/rooms/"+url.PathEscape(roomID)+"/receipt/m.read/"+url.PathEscape(last), map[string]any{})
+		waitUntil(t, "bob's receipt on hs1", func() bool {
+			for _, ev := range ephemeral(t, alice, roomID, "m.receipt") {
+				byType, _ := ev["content"].(map[string]any)[last].(map[string]any)
+				users, _ := byType["m.read"].(map[string]any)
+				if _, ok := users[bob.UserID]; ok {
+					return true
+				}
+			}
+			return false
+		})
+
+		// Presence.
+		alice.MustDo(200, "PUT", "/_matrix/client/v3/presence/"+url.PathEscape(alice.UserID)+"/status",
+			map[string]any{"presence": "unavailable", "status_msg": "lunch"})
+		waitUntil(t, "alice's presence on hs2", func() bool {
+			r := bob.Do("GET", "/_matrix/client/v3/presence/"+url.PathEscape(alice.UserID)+"/status", nil)
+			return r.Status == 200 && r.JSON["presence"] == "unavailable" && r.JSON["status_msg"] == "lunch"
+		})
+	})
+}
