@@ -117,6 +117,10 @@ func New(ctx context.Context, cfg *config.Config) (*Server, error) {
 	s.E2EE.Routes(s.router)
 	s.Federation.Routes(s.router)
 	s.wireFederation()
+	// Joins, leaves, knocks and invites across servers (both ways).
+	s.RoomFederation.MembershipRoutes()
+	s.Rooms.Remote = s.RoomFederation
+	s.Rooms.NotifyUser = func(userID string) { s.Sync.Notifier().Wake(userID) }
 	if s.Media, err = media.New(cfg, d, s.Federation); err != nil {
 		d.Close()
 		return nil, err

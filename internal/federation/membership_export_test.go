@@ -1,0 +1,4 @@
+package federation
+
+// WithAuthEvents exposes withAuthEvents to the external tests.
+var WithAuthEvents = (*Service).withAuthEvents
