@@ -21,7 +21,9 @@ func (s *Server) infoRoutes(rt *httpx.Router) {
 	rt.Public("GET /_matrix/client/versions", func(r *http.Request) (any, error) {
 		return map[string]any{
 			"versions":          specVersions,
-			"unstable_features": map[string]bool{},
+			"unstable_features": map[string]bool{
+				"org.matrix.msc3814": true, // dehydrated devices (e2ee)
+			},
 		}, nil
 	})
 	rt.Public("GET /.well-known/matrix/client", func(r *http.Request) (any, error) {
