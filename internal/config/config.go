@@ -57,6 +57,7 @@ type Config struct {
 	Federation FederationConfig `yaml:"federation"`
 	WellKnown  WellKnownConfig  `yaml:"well_known"`
 	Metrics    MetricsConfig    `yaml:"metrics"`
+	Push       PushConfig       `yaml:"push"`
 	Media      MediaConfig      `yaml:"media"`
 }
 
