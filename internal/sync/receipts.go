@@ -28,6 +28,7 @@ type Receipt struct {
 // StoreReceipt records a receipt (replacing the user's previous one of the
 // same type in the same thread) with a new stream position.
 func (s *Service) StoreReceipt(ctx context.Context, rc Receipt) error {
+	var after func()
 	err := s.db.WriteTx(ctx, func(tx *db.Tx) error {
 		pos, err := db.NextStreamPos(ctx, tx)
 		if err != nil {
@@ -37,10 +38,17 @@ func (s *Service) StoreReceipt(ctx context.Context, rc Receipt) error {
 			VALUES ($1, $2, $3, $4, $5, $6, $7)
 			ON CONFLICT (room_id, receipt_type, user_id, thread_id) DO UPDATE SET event_id = excluded.event_id, ts = excluded.ts, stream_pos = excluded.stream_pos`,
 			rc.RoomID, rc.Type, rc.UserID, rc.ThreadID, rc.EventID, rc.TS, pos)
+		if err != nil || s.ReceiptStored == nil {
+			return err
+		}
+		after, err = s.ReceiptStored(ctx, tx, rc)
 		return err
 	})
 	if err != nil {
 		return err
+	}
+	if after != nil {
+		after()
 	}
 	if rc.Type == ReceiptReadPrivate {
 		s.notifier.Wake(rc.UserID)

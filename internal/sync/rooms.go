@@ -38,6 +38,9 @@ type JoinedRoom struct {
 	Timeline    Timeline   `json:"timeline"`
 	Ephemeral   *EventList `json:"ephemeral,omitempty"`
 	AccountData *EventList `json:"account_data,omitempty"`
+
+	UnreadNotifications       *UnreadCounts           `json:"unread_notifications,omitempty"`
+	UnreadThreadNotifications map[string]UnreadCounts `json:"unread_thread_notifications,omitempty"`
 }
 
 // Summary is a joined room's summary.
@@ -161,6 +164,12 @@ func (s *Service) roomsSection(ctx context.Context, rq *Request) (*RoomsSection,
 			}
 		}
 	}
+	var unread map[string]map[string]UnreadCounts
+	if len(join) > 0 {
+		if unread, err = s.unreadCounts(ctx, rq); err != nil {
+			return nil, err
+		}
+	}
 	for roomID, w := range join {
 		if !rf.AllowsRoom(roomID) {
 			continue
@@ -169,6 +178,7 @@ func (s *Service) roomsSection(ctx context.Context, rq *Request) (*RoomsSection,
 		if err != nil {
 			return nil, err
 		}
+		s.setUnread(jr, unread[roomID], perThreadCounts(rq))
 		out.Join[roomID] = jr
 	}
 	for roomID, w := range leave {

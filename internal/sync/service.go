@@ -29,6 +29,15 @@ type Service struct {
 	presenceEnabled bool
 	extensions      []Extension
 	stop            context.CancelFunc
+
+	// ReceiptStored, when set, runs inside the transaction that stores a
+	// read receipt (the push domain lowers notification counts with it);
+	// the function it returns, if any, runs after the commit.
+	ReceiptStored func(ctx context.Context, tx *db.Tx, rc Receipt) (after func(), err error)
+	// UnreadCounts, when set, returns a user's unread notification counts
+	// by room and thread ("main" for the main timeline) as of stream
+	// position upTo, for the joined rooms of a response.
+	UnreadCounts func(ctx context.Context, userID string, upTo int64) (map[string]map[string]UnreadCounts, error)
 }
 
 // New returns the sync service. Call Start to run its timers and Stop at
