@@ -24,6 +24,7 @@ import (
 	"github.com/palpo-go/palpo/internal/federation"
 	"github.com/palpo-go/palpo/internal/httpx"
 	"github.com/palpo-go/palpo/internal/media"
+	"github.com/palpo-go/palpo/internal/push"
 	"github.com/palpo-go/palpo/internal/rooms"
 	"github.com/palpo-go/palpo/internal/sync"
 )
@@ -39,6 +40,7 @@ type Server struct {
 	Federation *federation.Federation
 	E2EE       *e2ee.Service
 	Media      *media.Service
+	Push       *push.Service
 
 	// RoomFederation is the room-level federation built on Federation.
 	RoomFederation *federation.Service
@@ -127,6 +129,7 @@ func New(ctx context.Context, cfg *config.Config) (*Server, error) {
 	}
 	s.Media.Routes(s.router)
 	s.infoRoutes(s.router)
+	s.wirePush()
 
 	var reg prometheus.Registerer // nil: metrics off
 	if cfg.Metrics.Enabled {
@@ -156,6 +159,9 @@ func (s *Server) Start(main, fed net.Listener) error {
 	}
 	s.Sync.Start()
 	s.RoomFederation.Start()
+	if err := s.Push.Start(); err != nil {
+		return err
+	}
 	s.Media.Start()
 	hs := newSrv()
 	s.servers = append(s.servers, hs)
@@ -188,6 +194,7 @@ func (s *Server) Shutdown(ctx context.Context) error {
 	var first error
 	s.Sync.Stop()
 	s.RoomFederation.Stop()
+	s.Push.Stop()
 	s.Media.Stop()
 	for _, hs := range s.servers {
 		if err := hs.Shutdown(ctx); err != nil && first == nil {
