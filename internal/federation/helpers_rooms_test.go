@@ -12,6 +12,7 @@ import (
 	"github.com/matrix-org/gomatrixserverlib"
 	"github.com/matrix-org/gomatrixserverlib/spec"
 
+	"github.com/palpo-go/palpo/internal/federation"
 	"github.com/palpo-go/palpo/internal/rooms"
 	"github.com/palpo-go/palpo/internal/testutil"
 )
@@ -45,11 +46,8 @@ func joinOver(t *testing.T, resident, joiner *testutil.Server, roomID, userID st
 		t.Fatal(err)
 	}
 	stateKey := userID
-	pe, err := resident.Rooms.EventTemplate(ctx, roomID, rooms.EventSpec{Sender: userID, Type: spec.MRoomMember,
+	_, pe := template(t, resident, roomID, rooms.EventSpec{Sender: userID, Type: spec.MRoomMember,
 		StateKey: &stateKey, Content: map[string]any{"membership": spec.Join}})
-	if err != nil {
-		t.Fatalf("join template: %v", err)
-	}
 	pdu := signAs(t, joiner, ver, pe)
 	res, err := resident.Rooms.IngestEvents(ctx, roomID, []gomatrixserverlib.PDU{pdu})
 	if err != nil || !res[0].Stored || res[0].Status != rooms.StatusAccepted {
@@ -79,12 +77,49 @@ func joinOver(t *testing.T, resident, joiner *testutil.Server, roomID, userID st
 // signAs builds and signs an event skeleton as server s.
 func signAs(t *testing.T, s *testutil.Server, ver gomatrixserverlib.RoomVersion, pe *gomatrixserverlib.ProtoEvent) gomatrixserverlib.PDU {
 	t.Helper()
+	return signWith(t, s.Config.ServerName, s.SigningKey, ver, pe)
+}
+
+// signWith builds and signs an event skeleton as server with key.
+func signWith(t *testing.T, server string, key *federation.SigningKey, ver gomatrixserverlib.RoomVersion, pe *gomatrixserverlib.ProtoEvent) gomatrixserverlib.PDU {
+	t.Helper()
 	pdu, err := gomatrixserverlib.MustGetRoomVersion(ver).NewEventBuilderFromProtoEvent(pe).
-		Build(time.Now(), spec.ServerName(s.Config.ServerName), gomatrixserverlib.KeyID(s.SigningKey.ID), s.SigningKey.Private)
+		Build(time.Now(), spec.ServerName(server), gomatrixserverlib.KeyID(key.ID), key.Private)
 	if err != nil {
 		t.Fatalf("build event: %v", err)
 	}
 	return pdu
+}
+
+// template returns the skeleton of an event of a room as resident would
+// build it (make_join's template, for any event).
+func template(t *testing.T, resident *testutil.Server, roomID string, es rooms.EventSpec) (gomatrixserverlib.RoomVersion, *gomatrixserverlib.ProtoEvent) {
+	t.Helper()
+	ctx := context.Background()
+	ver, err := resident.Rooms.RoomVersion(ctx, roomID)
+	if err != nil {
+		t.Fatal(err)
+	}
+	pe, err := resident.Rooms.EventTemplate(ctx, roomID, es)
+	if err != nil {
+		t.Fatalf("template: %v", err)
+	}
+	return ver, pe
+}
+
+// sendTxn sends a transaction from one server to another, signed, and
+// returns the per-PDU results (or the error answer).
+func sendTxn(t *testing.T, from *testutil.Server, to, txnID string, pdus []json.RawMessage, edus []map[string]any) (map[string]map[string]string, error) {
+	t.Helper()
+	body := map[string]any{"origin": from.Config.ServerName, "origin_server_ts": time.Now().UnixMilli(), "pdus": pdus}
+	if edus != nil {
+		body["edus"] = edus
+	}
+	var resp struct {
+		PDUs map[string]map[string]string `json:"pdus"`
+	}
+	err := from.Federation.Client.Do(context.Background(), to, "PUT", "/_matrix/federation/v1/send/"+url.PathEscape(txnID), body, &resp)
+	return resp.PDUs, err
 }
 
 // asPDUs turns stored events into PDUs as another server receives them.

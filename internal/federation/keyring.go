@@ -207,12 +207,13 @@ var errThrottled = fmt.Errorf("keys fetched less than %s ago", refetchInterval)
 
 // throttled runs fetch unless the network was asked about server less than
 // refetchInterval ago. Concurrent calls with the same flight key share one
-// run.
+// run: a call that arrives while the fetch is under way waits for its
+// result instead of being throttled by it.
 func (k *KeyRing) throttled(server, flightKey string, fetch func() error) error {
-	if last, tried := k.attempts.Get(server); tried && k.now().Sub(last) < refetchInterval {
-		return errThrottled
-	}
 	_, err, _ := k.flight.Do(flightKey, func() (any, error) {
+		if last, tried := k.attempts.Get(server); tried && k.now().Sub(last) < refetchInterval {
+			return nil, errThrottled
+		}
 		k.attempts.Put(server, k.now())
 		return nil, fetch()
 	})

@@ -184,16 +184,22 @@ func (s *Service) getMissingEvents(ctx context.Context, roomID, server string, v
 		return nil
 	}
 	evs := s.verifyRemotePDUs(ctx, roomID, ver, resp.Events)
-	known := map[string]bool{}
+	seen := map[string]bool{}
 	for _, p := range gap {
-		known[p.EventID()] = true
+		seen[p.EventID()] = true
 	}
 	out := evs[:0]
 	for _, p := range evs {
-		if !known[p.EventID()] {
-			known[p.EventID()] = true
-			out = append(out, p)
+		if seen[p.EventID()] {
+			continue
 		}
+		seen[p.EventID()] = true
+		// The walk may go past the gap on other branches: skip what this
+		// server has in its timeline already.
+		if ev, err := s.rooms.EventByID(ctx, p.EventID()); err == nil && ev != nil && ev.Status != rooms.StatusOutlier {
+			continue
+		}
+		out = append(out, p)
 	}
 	slices.SortStableFunc(out, func(a, b gomatrixserverlib.PDU) int { return int(a.Depth() - b.Depth()) })
 	return out

@@ -1,6 +1,7 @@
 package federation_test
 
 import (
+	"context"
 	"fmt"
 	"net/url"
 	"slices"
@@ -103,5 +104,63 @@ func TestChatAcrossServers(t *testing.T) {
 			r := bob.Do("GET", "/_matrix/client/v3/presence/"+url.PathEscape(alice.UserID)+"/status", nil)
 			return r.Status == 200 && r.JSON["presence"] == "unavailable" && r.JSON["status_msg"] == "lunch"
 		})
+	})
+}
+
+// TestSenderSurvivesRestarts stops one server of a room while the others
+// keep talking, restarts the sending server while its queue holds what the
+// stopped one has not received, then restarts the stopped one: every
+// message arrives, in order, once; and the server that stayed up received
+// everything while the other was down.
+func TestSenderSurvivesRestarts(t *testing.T) {
+	testutil.ForEachBackend(t, func(t *testing.T, b testutil.Backend) {
+		n, srv := startServers(t, b, "hs1", "hs2", "hs3")
+		hs1, hs2, hs3 := srv[0], srv[1], srv[2]
+		alice, bob, carol := hs1.NewUser(t, "alice", "pw"), hs2.NewUser(t, "bob", "pw"), hs3.NewUser(t, "carol", "pw")
+		roomID := newRoom(t, alice, map[string]any{"preset": "public_chat"})
+		joinOver(t, hs1, hs2, roomID, bob.UserID)
+		joinOver(t, hs1, hs3, roomID, carol.UserID)
+		var sent []string
+		talk := func(c *testutil.Client, body string) string {
+			sent = append(sent, body)
+			return say(t, c, roomID, body)
+		}
+		waitEvent(t, carol, roomID, talk(alice, "before"))
+
+		n.Stop(t, hs3)
+		var last string
+		for i := range 10 {
+			last = talk(alice, fmt.Sprintf("while hs3 is down %d", i))
+		}
+		waitEvent(t, bob, roomID, last) // hs3 being down does not hold hs2 up
+		last = talk(bob, "bob while hs3 is down")
+		waitEvent(t, alice, roomID, last)
+
+		// hs1 restarts with messages for hs3 in its queue.
+		hs1 = n.Restart(t, hs1)
+		for i := range 5 {
+			last = talk(alice, fmt.Sprintf("after hs1 restarted %d", i))
+		}
+		waitEvent(t, bob, roomID, last)
+
+		hs3 = n.Restart(t, hs3)
+		waitEvent(t, carol, roomID, last)
+		for _, c := range []*testutil.Client{alice, bob, carol} {
+			if got := timeline(t, c, roomID); !slices.Equal(got, sent) {
+				t.Fatalf("%s timeline\n%q\nwant\n%q", c.UserID, got, sent)
+			}
+		}
+		for _, s := range []*testutil.Server{hs1, hs2} {
+			waitUntil(t, "an empty send queue on "+s.Config.ServerName, func() bool {
+				var rows int
+				if err := s.DB.QueryRow(context.Background(), `SELECT COUNT(*) FROM federation_queue`).Scan(&rows); err != nil {
+					t.Fatal(err)
+				}
+				return rows == 0
+			})
+		}
+		if a, c := currentState(t, hs1, roomID), currentState(t, hs3, roomID); fmt.Sprint(a) != fmt.Sprint(c) {
+			t.Fatalf("state differs:\n%v\n%v", a, c)
+		}
 	})
 }

@@ -106,7 +106,7 @@ func (s *Sender) catchUp(ctx context.Context) error {
 
 // collect builds the queue rows for the stream positions in (from, to].
 func (s *Sender) collect(ctx context.Context, from, to int64) ([]queued, error) {
-	dests := &destCache{s: s.svc, rooms: map[string][]string{}}
+	dests := &destCache{s: s.svc, rooms: map[string][]string{}, snaps: map[int64][]string{}}
 	rows, err := s.eventRows(ctx, from, to, dests)
 	if err != nil {
 		return nil, err
@@ -142,25 +142,25 @@ func (s *Sender) collect(ctx context.Context, from, to int64) ([]queued, error) 
 }
 
 // eventRows queues the local events accepted at positions in (from, to]
-// for the other servers of their rooms — and, for a kick or ban, for the
-// server of the user it removes.
+// for the other servers joined to their rooms at that point (in the state
+// after the event, not now: a server that joined later must not receive
+// what came before) — and, for a kick or ban, for the server of the user
+// it removes.
 func (s *Sender) eventRows(ctx context.Context, from, to int64, dests *destCache) ([]queued, error) {
-	rs, err := s.db.Query(ctx, `SELECT event_id, room_id, sender, type FROM events
+	rs, err := s.db.Query(ctx, `SELECT event_id, sender FROM events
 		WHERE stream_pos > $1 AND stream_pos <= $2 AND status = 0 ORDER BY stream_pos`, from, to)
 	if err != nil {
 		return nil, err
 	}
-	type local struct{ eventID, roomID, typ string }
-	var evs []local
+	var ids []string
 	for rs.Next() {
-		var l local
-		var sender string
-		if err := rs.Scan(&l.eventID, &l.roomID, &sender, &l.typ); err != nil {
+		var id, sender string
+		if err := rs.Scan(&id, &sender); err != nil {
 			rs.Close()
 			return nil, err
 		}
 		if s.svc.isLocalUser(sender) {
-			evs = append(evs, l)
+			ids = append(ids, id)
 		}
 	}
 	rs.Close()
@@ -168,20 +168,23 @@ func (s *Sender) eventRows(ctx context.Context, from, to int64, dests *destCache
 		return nil, err
 	}
 	var rows []queued
-	for _, l := range evs {
-		servers, err := dests.room(ctx, l.roomID)
+	for _, id := range ids {
+		ev, err := s.svc.rooms.EventByID(ctx, id)
 		if err != nil {
 			return nil, err
 		}
-		if l.typ == spec.MRoomMember {
-			if target, err := s.removedServer(ctx, l.eventID); err != nil {
-				return nil, err
-			} else if target != "" && target != s.svc.serverName && !slices.Contains(servers, target) {
-				servers = append(slices.Clone(servers), target)
-			}
+		if ev == nil {
+			continue
+		}
+		servers, err := dests.at(ctx, ev)
+		if err != nil {
+			return nil, err
+		}
+		if target := removedServer(ev); target != "" && target != s.svc.serverName && !slices.Contains(servers, target) {
+			servers = append(slices.Clone(servers), target)
 		}
 		for _, d := range servers {
-			rows = append(rows, queued{destination: d, kind: kindPDU, eventID: l.eventID})
+			rows = append(rows, queued{destination: d, kind: kindPDU, eventID: id})
 		}
 	}
 	return rows, nil
@@ -189,15 +192,14 @@ func (s *Sender) eventRows(ctx context.Context, from, to int64, dests *destCache
 
 // removedServer returns, for a membership event that makes a user leave
 // or banned, the user's server.
-func (s *Sender) removedServer(ctx context.Context, eventID string) (string, error) {
-	ev, err := s.svc.rooms.EventByID(ctx, eventID)
-	if err != nil || ev == nil || ev.StateKey() == nil {
-		return "", err
+func removedServer(ev *rooms.Event) string {
+	if ev.Type() != spec.MRoomMember || ev.StateKey() == nil {
+		return ""
 	}
 	if m, _ := ev.Membership(); m != spec.Leave && m != spec.Ban {
-		return "", nil
+		return ""
 	}
-	return serverOfUser(*ev.StateKey()), nil
+	return serverOfUser(*ev.StateKey())
 }
 
 // presenceRows queues m.presence EDUs for the presence changes of local
@@ -245,14 +247,16 @@ func (s *Sender) presenceRows(ctx context.Context, from, to int64, dests *destCa
 	return rows, nil
 }
 
-// destCache remembers the other servers of rooms during one step.
+// destCache remembers the other servers of rooms during one step: now
+// (room) and at events (at, by state snapshot).
 type destCache struct {
 	s     *Service
 	rooms map[string][]string
+	snaps map[int64][]string
 }
 
 // room returns the servers other than this one with joined members in a
-// room, sorted.
+// room now, sorted.
 func (c *destCache) room(ctx context.Context, roomID string) ([]string, error) {
 	if d, ok := c.rooms[roomID]; ok {
 		return d, nil
@@ -263,6 +267,45 @@ func (c *destCache) room(ctx context.Context, roomID string) ([]string, error) {
 	}
 	c.rooms[roomID] = d
 	return d, nil
+}
+
+// at returns the servers other than this one with joined members in the
+// state after a stored event, sorted.
+func (c *destCache) at(ctx context.Context, ev *rooms.Event) ([]string, error) {
+	if !ev.IsState() {
+		if d, ok := c.snaps[ev.StateBefore]; ok {
+			return d, nil
+		}
+	}
+	state, err := c.s.rooms.StateAt(ctx, ev, true)
+	if err != nil {
+		return nil, err
+	}
+	members := rooms.StateMap{}
+	for k, nid := range state {
+		if k.Type == spec.MRoomMember && serverOfUser(k.StateKey) != c.s.serverName {
+			members[k] = nid
+		}
+	}
+	evs, err := c.s.rooms.RoomStateEvents(ctx, ev.RoomID().String(), members)
+	if err != nil {
+		return nil, err
+	}
+	set := map[string]bool{}
+	for _, m := range evs {
+		if mm, _ := m.Membership(); mm == spec.Join {
+			set[serverOfUser(*m.StateKey())] = true
+		}
+	}
+	out := make([]string, 0, len(set))
+	for d := range set {
+		out = append(out, d)
+	}
+	slices.Sort(out)
+	if !ev.IsState() {
+		c.snaps[ev.StateBefore] = out
+	}
+	return out, nil
 }
 
 // RoomServers returns the servers other than this one with joined members

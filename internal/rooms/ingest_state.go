@@ -36,7 +36,9 @@ func (x *ingestBatch) stateBefore(ctx context.Context, ev *Event) (*stateAt, []s
 		return nil, missing, nil
 	}
 	if len(sets) == 0 {
-		return nil, nil, errors.New("event has no prev_events")
+		// A create event given again (known as an outlier, say): it fails
+		// on its own, not the batch.
+		return nil, nil, badStateError{errors.New("event has no prev_events")}
 	}
 	s, err := x.resolve(ctx, sets)
 	return s, nil, err

@@ -20,7 +20,7 @@ var specVersions = []string{
 func (s *Server) infoRoutes(rt *httpx.Router) {
 	rt.Public("GET /_matrix/client/versions", func(r *http.Request) (any, error) {
 		return map[string]any{
-			"versions":          specVersions,
+			"versions": specVersions,
 			"unstable_features": map[string]bool{
 				"org.matrix.msc3814": true, // dehydrated devices (e2ee)
 			},
