@@ -9,7 +9,11 @@ import (
 	"net/url"
 	"slices"
 	"strconv"
+	"strings"
 	gosync "sync"
+	"time"
+
+	"github.com/matrix-org/gomatrixserverlib/spec"
 
 	"github.com/palpo-go/palpo/internal/db"
 	"github.com/palpo-go/palpo/internal/rooms"
@@ -42,6 +46,33 @@ func (s *Service) Backfill(ctx context.Context, roomID string) (bool, error) {
 	if err != nil || len(missing) == 0 {
 		return false, err
 	}
+	// Where nothing came back lately, do not ask again at every page.
+	key := strings.Join(missing, ",")
+	if v, ok := s.backfillMisses.Load(roomID); ok {
+		if m := v.(backfillMiss); m.key == key && time.Since(m.at) < backfillRetry {
+			return false, nil
+		}
+	}
+	added, err := s.backfillFrom(ctx, roomID, earliest, missing)
+	if err == nil && !added {
+		s.backfillMisses.Store(roomID, backfillMiss{key: key, at: time.Now()})
+	}
+	return added, err
+}
+
+// backfillMiss records a backfill that added nothing.
+type backfillMiss struct {
+	key string // the prev events asked for
+	at  time.Time
+}
+
+// backfillRetry is how long a backfill that added nothing is not tried
+// again from the same events.
+const backfillRetry = time.Minute
+
+// backfillFrom asks the room's servers for the events before missing, the
+// unknown prev events of earliest.
+func (s *Service) backfillFrom(ctx context.Context, roomID string, earliest *rooms.Event, missing []string) (bool, error) {
 	servers, err := s.Sender.RoomServers(ctx, roomID)
 	if err != nil {
 		return false, err
@@ -108,7 +139,9 @@ func (s *Service) backwardExtremity(ctx context.Context, roomID string) (*rooms.
 		if err != nil {
 			return nil, nil, err
 		}
-		if p == nil || p.Status == rooms.StatusOutlier {
+		// The create event starts the room: known as an outlier since the
+		// join, there is nothing before it.
+		if p == nil || (p.Status == rooms.StatusOutlier && p.Type() != spec.MRoomCreate) {
 			missing = append(missing, prev)
 		}
 	}

@@ -24,7 +24,7 @@ import (
 const waitTimeout = 30 * time.Second
 
 // startServers starts the named servers of a new network on backend b.
-func startServers(t *testing.T, b testutil.Backend, names ...string) (*testutil.Network, []*testutil.Server) {
+func startServers(t testing.TB, b testutil.Backend, names ...string) (*testutil.Network, []*testutil.Server) {
 	t.Helper()
 	n := testutil.NewNetwork(t, names...)
 	out := make([]*testutil.Server, len(names))
@@ -38,7 +38,7 @@ func startServers(t *testing.T, b testutil.Backend, names ...string) (*testutil.
 // make_join and send_join do: an event from the resident's template,
 // signed by the joiner, accepted by the resident, and the room imported by
 // the joiner from the state before the join and its auth chain.
-func joinOver(t *testing.T, resident, joiner *testutil.Server, roomID, userID string) {
+func joinOver(t testing.TB, resident, joiner *testutil.Server, roomID, userID string) {
 	t.Helper()
 	ctx := context.Background()
 	ver, err := resident.Rooms.RoomVersion(ctx, roomID)
@@ -75,13 +75,13 @@ func joinOver(t *testing.T, resident, joiner *testutil.Server, roomID, userID st
 }
 
 // signAs builds and signs an event skeleton as server s.
-func signAs(t *testing.T, s *testutil.Server, ver gomatrixserverlib.RoomVersion, pe *gomatrixserverlib.ProtoEvent) gomatrixserverlib.PDU {
+func signAs(t testing.TB, s *testutil.Server, ver gomatrixserverlib.RoomVersion, pe *gomatrixserverlib.ProtoEvent) gomatrixserverlib.PDU {
 	t.Helper()
 	return signWith(t, s.Config.ServerName, s.SigningKey, ver, pe)
 }
 
 // signWith builds and signs an event skeleton as server with key.
-func signWith(t *testing.T, server string, key *federation.SigningKey, ver gomatrixserverlib.RoomVersion, pe *gomatrixserverlib.ProtoEvent) gomatrixserverlib.PDU {
+func signWith(t testing.TB, server string, key *federation.SigningKey, ver gomatrixserverlib.RoomVersion, pe *gomatrixserverlib.ProtoEvent) gomatrixserverlib.PDU {
 	t.Helper()
 	pdu, err := gomatrixserverlib.MustGetRoomVersion(ver).NewEventBuilderFromProtoEvent(pe).
 		Build(time.Now(), spec.ServerName(server), gomatrixserverlib.KeyID(key.ID), key.Private)
@@ -93,7 +93,7 @@ func signWith(t *testing.T, server string, key *federation.SigningKey, ver gomat
 
 // template returns the skeleton of an event of a room as resident would
 // build it (make_join's template, for any event).
-func template(t *testing.T, resident *testutil.Server, roomID string, es rooms.EventSpec) (gomatrixserverlib.RoomVersion, *gomatrixserverlib.ProtoEvent) {
+func template(t testing.TB, resident *testutil.Server, roomID string, es rooms.EventSpec) (gomatrixserverlib.RoomVersion, *gomatrixserverlib.ProtoEvent) {
 	t.Helper()
 	ctx := context.Background()
 	ver, err := resident.Rooms.RoomVersion(ctx, roomID)
@@ -109,7 +109,7 @@ func template(t *testing.T, resident *testutil.Server, roomID string, es rooms.E
 
 // sendTxn sends a transaction from one server to another, signed, and
 // returns the per-PDU results (or the error answer).
-func sendTxn(t *testing.T, from *testutil.Server, to, txnID string, pdus []json.RawMessage, edus []map[string]any) (map[string]map[string]string, error) {
+func sendTxn(t testing.TB, from *testutil.Server, to, txnID string, pdus []json.RawMessage, edus []map[string]any) (map[string]map[string]string, error) {
 	t.Helper()
 	body := map[string]any{"origin": from.Config.ServerName, "origin_server_ts": time.Now().UnixMilli(), "pdus": pdus}
 	if edus != nil {
@@ -123,7 +123,7 @@ func sendTxn(t *testing.T, from *testutil.Server, to, txnID string, pdus []json.
 }
 
 // asPDUs turns stored events into PDUs as another server receives them.
-func asPDUs(t *testing.T, ver gomatrixserverlib.RoomVersion, evs []*rooms.Event) []gomatrixserverlib.PDU {
+func asPDUs(t testing.TB, ver gomatrixserverlib.RoomVersion, evs []*rooms.Event) []gomatrixserverlib.PDU {
 	t.Helper()
 	out := make([]gomatrixserverlib.PDU, len(evs))
 	for i, ev := range evs {
@@ -140,34 +140,34 @@ func asPDUs(t *testing.T, ver gomatrixserverlib.RoomVersion, evs []*rooms.Event)
 var txnCounter atomic.Int64
 
 // send sends an event of type typ to a room and returns its ID.
-func send(t *testing.T, c *testutil.Client, roomID, typ string, content any) string {
+func send(t testing.TB, c *testutil.Client, roomID, typ string, content any) string {
 	t.Helper()
 	path := fmt.Sprintf("/_matrix/client/v3/rooms/%s/send/%s/t%d", url.PathEscape(roomID), typ, txnCounter.Add(1))
 	return c.MustDo(200, "PUT", path, content).JSON["event_id"].(string)
 }
 
 // say sends a text message.
-func say(t *testing.T, c *testutil.Client, roomID, body string) string {
+func say(t testing.TB, c *testutil.Client, roomID, body string) string {
 	t.Helper()
 	return send(t, c, roomID, "m.room.message", map[string]any{"msgtype": "m.text", "body": body})
 }
 
 // setState sets a state event and returns its ID.
-func setState(t *testing.T, c *testutil.Client, roomID, typ, stateKey string, content any) string {
+func setState(t testing.TB, c *testutil.Client, roomID, typ, stateKey string, content any) string {
 	t.Helper()
 	path := fmt.Sprintf("/_matrix/client/v3/rooms/%s/state/%s/%s", url.PathEscape(roomID), typ, url.PathEscape(stateKey))
 	return c.MustDo(200, "PUT", path, content).JSON["event_id"].(string)
 }
 
 // newRoom creates a room and returns its ID.
-func newRoom(t *testing.T, c *testutil.Client, body map[string]any) string {
+func newRoom(t testing.TB, c *testutil.Client, body map[string]any) string {
 	t.Helper()
 	return c.MustDo(200, "POST", "/_matrix/client/v3/createRoom", body).JSON["room_id"].(string)
 }
 
 // waitUntil polls cond until it holds, failing the test after
 // waitTimeout with what.
-func waitUntil(t *testing.T, what string, cond func() bool) {
+func waitUntil(t testing.TB, what string, cond func() bool) {
 	t.Helper()
 	deadline := time.Now().Add(waitTimeout)
 	for !cond() {
@@ -179,7 +179,7 @@ func waitUntil(t *testing.T, what string, cond func() bool) {
 }
 
 // waitEvent waits until c can see an event of a room.
-func waitEvent(t *testing.T, c *testutil.Client, roomID, eventID string) map[string]any {
+func waitEvent(t testing.TB, c *testutil.Client, roomID, eventID string) map[string]any {
 	t.Helper()
 	path := fmt.Sprintf("/_matrix/client/v3/rooms/%s/event/%s", url.PathEscape(roomID), url.PathEscape(eventID))
 	var ev map[string]any
@@ -193,7 +193,7 @@ func waitEvent(t *testing.T, c *testutil.Client, roomID, eventID string) map[str
 
 // timeline returns the message bodies of a room's timeline as c sees it,
 // oldest first (paging back through all of it, backfill included).
-func timeline(t *testing.T, c *testutil.Client, roomID string) []string {
+func timeline(t testing.TB, c *testutil.Client, roomID string) []string {
 	t.Helper()
 	var out []string
 	from := ""
@@ -224,7 +224,7 @@ func timeline(t *testing.T, c *testutil.Client, roomID string) []string {
 
 // currentState returns a room's current state on s as (type, state_key) →
 // event ID, comparable across servers.
-func currentState(t *testing.T, s *testutil.Server, roomID string) map[rooms.StateKey]string {
+func currentState(t testing.TB, s *testutil.Server, roomID string) map[rooms.StateKey]string {
 	t.Helper()
 	ctx := context.Background()
 	m, err := s.Rooms.CurrentState(ctx, roomID)
@@ -244,7 +244,7 @@ func currentState(t *testing.T, s *testutil.Server, roomID string) map[rooms.Sta
 
 // stateOn returns the content of the current state event at key on
 // s, or nil.
-func stateOn(t *testing.T, s *testutil.Server, roomID, typ, stateKey string) map[string]any {
+func stateOn(t testing.TB, s *testutil.Server, roomID, typ, stateKey string) map[string]any {
 	t.Helper()
 	ev, err := s.Rooms.CurrentStateEvent(context.Background(), roomID, typ, stateKey)
 	if err != nil {

@@ -8,6 +8,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"strings"
 
 	"github.com/matrix-org/gomatrixserverlib"
 	"github.com/matrix-org/gomatrixserverlib/spec"
@@ -40,14 +41,27 @@ func (s *Service) VerifyPDU(ctx context.Context, ver gomatrixserverlib.RoomVersi
 }
 
 // parsePDU checks a PDU's format and content hash.
-func parsePDU(verImpl gomatrixserverlib.IRoomVersion, raw json.RawMessage) (gomatrixserverlib.PDU, error) {
-	pdu, err := verImpl.NewEventFromUntrustedJSON(raw)
+func parsePDU(verImpl gomatrixserverlib.IRoomVersion, raw json.RawMessage) (pdu gomatrixserverlib.PDU, err error) {
+	if trimmed := bytes.TrimSpace(raw); len(trimmed) == 0 || trimmed[0] != '{' {
+		return nil, errors.New("invalid event: not a JSON object")
+	}
+	defer func() {
+		// gomatrixserverlib trusts some of what it parses; a PDU that makes
+		// it panic is as invalid as one it refuses.
+		if r := recover(); r != nil {
+			pdu, err = nil, fmt.Errorf("invalid event: %v", r)
+		}
+	}()
+	pdu, err = verImpl.NewEventFromUntrustedJSON(raw)
 	var ve gomatrixserverlib.EventValidationError
 	if errors.As(err, &ve) && ve.Persistable && pdu != nil {
 		err = nil // over a byte limit that older room versions tolerate
 	}
 	if err != nil {
 		return nil, fmt.Errorf("invalid event: %w", err)
+	}
+	if !strings.HasPrefix(pdu.EventID(), "$") || !strings.HasPrefix(pdu.RoomID().String(), "!") {
+		return nil, errors.New("invalid event: no event ID or room ID")
 	}
 	if pdu.Type() != spec.MRoomMember || verImpl.EventIDFormat() == gomatrixserverlib.EventIDFormatV1 ||
 		!bytes.Contains(raw, []byte(`"third_party_invite"`)) {

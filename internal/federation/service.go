@@ -47,9 +47,10 @@ type Service struct {
 	// EDUHooks receive the EDUs other domains handle; nil hooks drop them.
 	EDUHooks EDUHooks
 
-	txnLocks   gosync.Map // origin → *gosync.Mutex: one transaction per origin at a time
-	backfills  gosync.Map // room ID → *gosync.Mutex: one backfill per room at a time
-	stopPruner context.CancelFunc
+	txnLocks       gosync.Map // origin → *gosync.Mutex: one transaction per origin at a time
+	backfills      gosync.Map // room ID → *gosync.Mutex: one backfill per room at a time
+	backfillMisses gosync.Map // room ID → backfillMiss
+	stopPruner     context.CancelFunc
 }
 
 // EDUHooks receive the EDUs that the end-to-end encryption domain handles.
