@@ -109,6 +109,14 @@ func (e *Engine) handlePutState(r *http.Request, p *httpx.Principal) (any, error
 			return nil, httpx.BadJSON("m.room.member content needs a membership")
 		}
 	}
+	if typ == spec.MRoomCreate {
+		return nil, httpx.BadJSON("A room's m.room.create event cannot be replaced")
+	}
+	if typ == spec.MRoomPowerLevels {
+		if err := e.checkCreatorsNotListed(r.Context(), roomID, content); err != nil {
+			return nil, err
+		}
+	}
 	if typ == spec.MRoomCanonicalAlias {
 		if err := e.checkCanonicalAlias(r.Context(), roomID, content); err != nil {
 			return nil, err
@@ -301,6 +309,32 @@ func (e *Engine) checkCanonicalAlias(ctx context.Context, roomID string, content
 		}
 		if id != roomID {
 			return httpx.NewError(http.StatusBadRequest, "M_BAD_ALIAS", "Alias %s does not point to this room", a)
+		}
+	}
+	return nil
+}
+
+// checkCreatorsNotListed refuses power levels that list a privileged
+// creator in users (room versions 12+): 400, not the auth rules' 403, as
+// the spec's client rules for v12 ask.
+func (e *Engine) checkCreatorsNotListed(ctx context.Context, roomID string, content []byte) error {
+	ri, err := e.room(ctx, roomID)
+	if err != nil || !ri.verImpl.PrivilegedCreators() {
+		return nil
+	}
+	var pl struct {
+		Users map[string]json.RawMessage `json:"users"`
+	}
+	if json.Unmarshal(content, &pl) != nil {
+		return nil
+	}
+	p, err := e.powerAt(ctx, ri, ri.state, nil)
+	if err != nil {
+		return err
+	}
+	for u := range pl.Users {
+		if p.creators[u] {
+			return httpx.BadJSON("%s is a creator of this room and cannot be listed in power levels", u)
 		}
 	}
 	return nil

@@ -168,3 +168,21 @@ func TestProfileChangeUpdatesMemberEventsAndTooLargeEvents(t *testing.T) {
 		}
 	})
 }
+
+func TestV12CreatorsInPowerLevelsAndCreateEvent(t *testing.T) {
+	testutil.ForEachBackend(t, func(t *testing.T, b testutil.Backend) {
+		srv := testutil.Start(t, b)
+		alice := srv.NewUser(t, "alice", "pw")
+		for _, v := range []string{"11", "12"} {
+			r := alice.MustDo(200, "POST", "/_matrix/client/v3/createRoom", map[string]any{"room_version": v})
+			rp := "/_matrix/client/v3/rooms/" + url.PathEscape(r.JSON["room_id"].(string))
+			if r := alice.Do("PUT", rp+"/state/m.room.create/", map[string]any{"room_version": v, "entropy": 1}); r.Status != 400 {
+				t.Fatalf("v%s: replacing the create event: %d", v, r.Status)
+			}
+			r = alice.Do("PUT", rp+"/state/m.room.power_levels/", map[string]any{"users": map[string]int{alice.UserID: 100}})
+			if want := map[string]int{"11": 200, "12": 400}[v]; r.Status != want {
+				t.Fatalf("v%s: creator in power levels: %d, want %d", v, r.Status, want)
+			}
+		}
+	})
+}

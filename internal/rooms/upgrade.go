@@ -202,7 +202,8 @@ func (e *Engine) planUpgrade(ctx context.Context, old *roomInfo, userID string, 
 		_ = json.Unmarshal(create.Content(), &oldCreate)
 	}
 	predecessor := map[string]string{"room_id": old.id}
-	if n := len(old.extremities); n > 0 {
+	// Room versions with domainless room IDs (v12) drop predecessor.event_id.
+	if n := len(old.extremities); n > 0 && !verImpl.DomainlessRoomIDs() {
 		predecessor["event_id"] = old.extremities[n-1] // the last event before the upgrade
 	}
 	content := map[string]any{"room_version": string(verImpl.Version()), "predecessor": predecessor}
