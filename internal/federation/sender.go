@@ -50,6 +50,8 @@ type Sender struct {
 	cancel     context.CancelFunc
 	wg         gosync.WaitGroup
 	streamWake chan struct{}
+	sources    []EDUSource
+	typing     map[string]map[string]bool // room → local users typing now
 }
 
 // destination is the state of one destination's worker; its fields are
@@ -71,11 +73,11 @@ type ephemeralEDU struct {
 }
 
 func newSender(svc *Service) *Sender {
-	return &Sender{svc: svc, db: svc.db, dests: map[string]*destination{}, streamWake: make(chan struct{}, 1)}
+	return &Sender{svc: svc, db: svc.db, dests: map[string]*destination{}, streamWake: make(chan struct{}, 1), typing: map[string]map[string]bool{}}
 }
 
-// start runs the stream reader and resumes the destinations with queued
-// rows.
+// start runs the stream reader and the typing refresh, and resumes the
+// destinations with queued rows or EDUs of a source.
 func (s *Sender) start() {
 	s.mu.Lock()
 	if s.ctx != nil {
@@ -84,11 +86,13 @@ func (s *Sender) start() {
 	}
 	s.ctx, s.cancel = context.WithCancel(context.Background())
 	s.mu.Unlock()
-	s.wg.Add(1)
+	s.wg.Add(2)
 	go s.runStream()
+	go s.refreshTyping()
 	dests, err := s.queuedDestinations(s.ctx)
 	if err != nil {
 		slog.Error("federation: reading the send queue", "err", err)
+		dests = map[string]bool{}
 	}
 	s.mu.Lock()
 	for name := range s.dests {
@@ -96,9 +100,22 @@ func (s *Sender) start() {
 			dests[name] = true
 		}
 	}
+	sources := s.sources
 	s.mu.Unlock()
+	for _, src := range sources {
+		if src.Destinations == nil {
+			continue
+		}
+		names, err := src.Destinations(s.ctx)
+		if err != nil {
+			slog.Error("federation: reading an EDU source", "err", err)
+		}
+		for _, name := range names {
+			dests[name] = true
+		}
+	}
 	for name := range dests {
-		s.wake(name)
+		s.Wake(name)
 	}
 }
 
@@ -195,19 +212,15 @@ func (s *Sender) run(d *destination) {
 		d.ephemeral = nil
 		s.mu.Unlock()
 
-		pdus, edus, err := s.loadQueued(s.ctx, d.name)
+		b, err := s.nextBatch(d, eph)
 		if err != nil {
 			if s.ctx.Err() == nil {
-				slog.Error("federation: reading the send queue", "destination", d.name, "err", err)
+				slog.Error("federation: reading what to send", "destination", d.name, "err", err)
 			}
 			s.failed(d, eph, err)
 			continue
 		}
-		if room := maxTxnEDUs - len(edus); len(eph) > room {
-			s.requeueEphemeral(d, eph[room:])
-			eph = eph[:room]
-		}
-		if len(pdus) == 0 && len(edus) == 0 && len(eph) == 0 {
+		if b.empty() {
 			s.mu.Lock()
 			if d.pending {
 				s.mu.Unlock()
@@ -217,28 +230,122 @@ func (s *Sender) run(d *destination) {
 			s.mu.Unlock()
 			return
 		}
-		err = s.send(d.name, pdus, edus, eph)
+		err = s.send(d.name, b)
 		if err != nil && !permanentFailure(err) {
-			s.failed(d, eph, err)
+			s.failed(d, b.eph, err)
 			continue
 		}
 		if err != nil {
 			slog.Warn("federation: a destination refused a transaction; dropping it", "destination", d.name, "err", err)
 		}
-		ids := make([]int64, 0, len(pdus)+len(edus))
-		for _, p := range pdus {
-			ids = append(ids, p.id)
-		}
-		for _, e := range edus {
-			ids = append(ids, e.id)
-		}
-		if err := s.deleteQueued(s.ctx, ids); err != nil {
+		if err := b.done(s.ctx, s); err != nil {
 			s.failed(d, nil, err)
 			continue
 		}
 		s.mu.Lock()
 		d.backoff, d.retryAt = 0, time.Time{}
 		s.mu.Unlock()
+	}
+}
+
+// batch is what one transaction to a destination carries.
+type batch struct {
+	pdus     []queuedPDU       // durable rows
+	edus     []queuedEDU       // durable rows
+	external []json.RawMessage // from EDU sources
+	acks     []func(context.Context) error
+	eph      []json.RawMessage // best effort
+}
+
+func (b *batch) empty() bool {
+	return len(b.pdus) == 0 && len(b.edus) == 0 && len(b.external) == 0 && len(b.eph) == 0
+}
+
+// done forgets what the destination acknowledged.
+func (b *batch) done(ctx context.Context, s *Sender) error {
+	ids := make([]int64, 0, len(b.pdus)+len(b.edus))
+	for _, p := range b.pdus {
+		ids = append(ids, p.id)
+	}
+	for _, e := range b.edus {
+		ids = append(ids, e.id)
+	}
+	if err := s.deleteQueued(ctx, ids); err != nil {
+		return err
+	}
+	for _, ack := range b.acks {
+		if err := ack(ctx); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// nextBatch gathers the next transaction for a destination: the oldest
+// queued PDUs and EDUs, then EDUs of the sources and best-effort ones as
+// room remains (those that do not fit are kept for later).
+func (s *Sender) nextBatch(d *destination, eph []json.RawMessage) (*batch, error) {
+	pdus, edus, err := s.loadQueued(s.ctx, d.name)
+	if err != nil {
+		return nil, err
+	}
+	b := &batch{pdus: pdus, edus: edus}
+	s.mu.Lock()
+	sources := s.sources
+	s.mu.Unlock()
+	for _, src := range sources {
+		room := maxTxnEDUs - len(b.edus) - len(b.external)
+		if room <= 0 {
+			break
+		}
+		got, ack, err := src.Pending(s.ctx, d.name, room)
+		if err != nil {
+			return nil, err
+		}
+		if len(got) > 0 {
+			b.external = append(b.external, got[:min(len(got), room)]...)
+			if ack != nil {
+				b.acks = append(b.acks, ack)
+			}
+		}
+	}
+	if room := maxTxnEDUs - len(b.edus) - len(b.external); len(eph) > room {
+		s.requeueEphemeral(d, eph[room:])
+		eph = eph[:room]
+	}
+	b.eph = eph
+	return b, nil
+}
+
+// EDUSource supplies durable EDUs that another domain keeps in its own
+// tables (the end-to-end encryption domain's outbox of to-device
+// messages): they go out in the destination's transactions, after the
+// queued ones, and are acknowledged once the destination answered 200.
+type EDUSource struct {
+	// Pending returns up to limit EDUs (complete, with edu_type) waiting
+	// for dest, oldest first, and a func that forgets them, called after
+	// dest acknowledged the transaction that carried them. The same EDUs
+	// are returned again until then.
+	Pending func(ctx context.Context, dest string, limit int) (edus []json.RawMessage, ack func(context.Context) error, err error)
+	// Destinations lists the destinations with pending EDUs, to resume
+	// them when the server starts.
+	Destinations func(ctx context.Context) ([]string, error)
+}
+
+// AddEDUSource registers a source of durable EDUs; call it before the
+// server starts, and Wake a destination when the source has something new
+// for it.
+func (s *Sender) AddEDUSource(src EDUSource) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	s.sources = append(s.sources, src)
+}
+
+// Wake tells a destination's worker that a source has something new for
+// it.
+func (s *Sender) Wake(dest string) {
+	if dest != "" && dest != s.svc.serverName {
+		s.wake(dest)
 	}
 }
 
@@ -311,11 +418,11 @@ type outTxn struct {
 }
 
 // send sends one transaction.
-func (s *Sender) send(dest string, pdus []queuedPDU, edus []queuedEDU, eph []json.RawMessage) error {
+func (s *Sender) send(dest string, b *batch) error {
 	ctx, cancel := context.WithTimeout(s.ctx, sendTimeout)
 	defer cancel()
 	txn := outTxn{Origin: s.svc.serverName, OriginServerTS: time.Now().UnixMilli(), PDUs: []json.RawMessage{}}
-	for _, p := range pdus {
+	for _, p := range b.pdus {
 		ev, err := s.svc.rooms.EventByID(ctx, p.eventID)
 		if err != nil {
 			return err
@@ -324,12 +431,12 @@ func (s *Sender) send(dest string, pdus []queuedPDU, edus []queuedEDU, eph []jso
 			txn.PDUs = append(txn.PDUs, ev.JSON())
 		}
 	}
-	for _, e := range edus {
+	for _, e := range b.edus {
 		txn.EDUs = append(txn.EDUs, e.edu)
 	}
-	txn.EDUs = append(txn.EDUs, eph...)
+	txn.EDUs = append(append(txn.EDUs, b.external...), b.eph...)
 	var resp sendResponse
-	uri := "/_matrix/federation/v1/send/" + url.PathEscape(txnID(pdus, edus, len(eph) > 0))
+	uri := "/_matrix/federation/v1/send/" + url.PathEscape(b.txnID())
 	if err := s.svc.fed.Client.Do(ctx, dest, http.MethodPut, uri, txn, &resp); err != nil {
 		return err
 	}
@@ -341,25 +448,29 @@ func (s *Sender) send(dest string, pdus []queuedPDU, edus []queuedEDU, eph []jso
 	return nil
 }
 
-// txnID names a transaction after the queue rows it carries, so that a
-// retry of the same content has the same ID (the destination answers it
-// from its memory instead of processing it twice) and different content
-// never does. A transaction with best-effort EDUs, which are not
-// retried as such, gets a unique suffix.
-func txnID(pdus []queuedPDU, edus []queuedEDU, ephemeral bool) string {
+// txnID names a transaction after what it carries — the queue rows and
+// the sources' EDUs — so that a retry of the same content has the same ID
+// (the destination answers it from its memory instead of processing it
+// twice) and different content never does. A transaction with best-effort
+// EDUs, which are not retried as such, gets a unique suffix.
+func (b *batch) txnID() string {
 	h := sha256.New()
-	var b [8]byte
-	for _, p := range pdus {
-		binary.BigEndian.PutUint64(b[:], uint64(p.id))
-		h.Write(b[:])
+	var n [8]byte
+	for _, p := range b.pdus {
+		binary.BigEndian.PutUint64(n[:], uint64(p.id))
+		h.Write(n[:])
 	}
 	h.Write([]byte{0})
-	for _, e := range edus {
-		binary.BigEndian.PutUint64(b[:], uint64(e.id))
-		h.Write(b[:])
+	for _, e := range b.edus {
+		binary.BigEndian.PutUint64(n[:], uint64(e.id))
+		h.Write(n[:])
+	}
+	for _, e := range b.external {
+		h.Write([]byte{0})
+		h.Write(e)
 	}
 	id := "p" + hex.EncodeToString(h.Sum(nil)[:12])
-	if ephemeral {
+	if len(b.eph) > 0 {
 		id += "." + strconv.FormatInt(time.Now().UnixNano(), 36)
 	}
 	return id

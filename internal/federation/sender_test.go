@@ -2,11 +2,16 @@ package federation_test
 
 import (
 	"context"
+	"encoding/json"
 	"fmt"
 	"net/url"
 	"slices"
+	"strings"
+	gosync "sync"
 	"testing"
+	"time"
 
+	"github.com/palpo-go/palpo/internal/federation"
 	"github.com/palpo-go/palpo/internal/testutil"
 )
 
@@ -161,6 +166,61 @@ func TestSenderSurvivesRestarts(t *testing.T) {
 		}
 		if a, c := currentState(t, hs1, roomID), currentState(t, hs3, roomID); fmt.Sprint(a) != fmt.Sprint(c) {
 			t.Fatalf("state differs:\n%v\n%v", a, c)
+		}
+	})
+}
+
+// TestEDUSource sends EDUs that another domain keeps (to-device messages of
+// the E2EE outbox) through an EDU source: they are acknowledged to the
+// source only once a destination took them, and reach its hook.
+func TestEDUSource(t *testing.T) {
+	testutil.ForEachBackend(t, func(t *testing.T, b testutil.Backend) {
+		n, srv := startServers(t, b, "hs1", "hs2", "hs3")
+		hs1, hs2, hs3 := srv[0], srv[1], srv[2]
+		n.Stop(t, hs3)
+		got := make(chan string, 4)
+		hs2.RoomFederation.EDUHooks.DirectToDevice = func(_ context.Context, origin string, content json.RawMessage) {
+			got <- origin + " " + string(content)
+		}
+		var mu gosync.Mutex
+		edu := json.RawMessage(`{"edu_type":"m.direct_to_device","content":{"sender":"@alice:hs1","type":"m.test","message_id":"m1","messages":{}}}`)
+		pending := map[string]bool{"hs2": true, "hs3": true}
+		asked := map[string]int{}
+		hs1.RoomFederation.Sender.AddEDUSource(federation.EDUSource{
+			Pending: func(ctx context.Context, dest string, limit int) ([]json.RawMessage, func(context.Context) error, error) {
+				mu.Lock()
+				defer mu.Unlock()
+				asked[dest]++
+				if !pending[dest] {
+					return nil, nil, nil
+				}
+				return []json.RawMessage{edu}, func(context.Context) error {
+					mu.Lock()
+					defer mu.Unlock()
+					delete(pending, dest)
+					return nil
+				}, nil
+			},
+		})
+		hs1.RoomFederation.Sender.Wake("hs2")
+		hs1.RoomFederation.Sender.Wake("hs3")
+		select {
+		case s := <-got:
+			if !strings.HasPrefix(s, "hs1 ") || !strings.Contains(s, `"message_id":"m1"`) {
+				t.Fatalf("to-device EDU: %s", s)
+			}
+		case <-time.After(waitTimeout):
+			t.Fatal("the EDU never arrived")
+		}
+		waitUntil(t, "the acknowledgement by hs2 and retries to hs3", func() bool {
+			mu.Lock()
+			defer mu.Unlock()
+			return !pending["hs2"] && asked["hs3"] >= 2
+		})
+		mu.Lock()
+		defer mu.Unlock()
+		if !pending["hs3"] {
+			t.Fatal("EDUs acknowledged while their destination was down")
 		}
 	})
 }

@@ -327,12 +327,66 @@ func (s *Sender) RoomServers(ctx context.Context, roomID string) ([]string, erro
 	return out, nil
 }
 
+// typingRefresh is how often the typing notifications of local users who
+// are still typing are sent again: receivers drop a remote user's typing
+// after a timeout of their own (Synapse: a minute), while a client keeps
+// its user typing by repeating a request that changes nothing here.
+const typingRefresh = 20 * time.Second
+
 // localTyping sends a local user's typing change to the room's other
-// servers (best effort; sync calls it).
+// servers (best effort; sync calls it) and remembers who types, for
+// refreshTyping.
 func (s *Sender) localTyping(roomID, userID string, typing bool) {
+	s.mu.Lock()
+	users := s.typing[roomID]
+	if typing {
+		if users == nil {
+			users = map[string]bool{}
+			s.typing[roomID] = users
+		}
+		users[userID] = true
+	} else {
+		delete(users, userID)
+		if len(users) == 0 {
+			delete(s.typing, roomID)
+		}
+	}
+	s.mu.Unlock()
+	s.sendTyping(roomID, userID, typing)
+}
+
+// sendTyping sends one typing notification to a room's other servers.
+func (s *Sender) sendTyping(roomID, userID string, typing bool) {
 	servers, err := s.RoomServers(context.Background(), roomID)
 	if err != nil || len(servers) == 0 {
 		return
 	}
 	s.SendEphemeral(servers, eduTyping, typingContent{RoomID: roomID, UserID: userID, Typing: typing})
+}
+
+// refreshTyping sends the typing notifications of the local users who are
+// still typing again, every typingRefresh, until the sender stops.
+func (s *Sender) refreshTyping() {
+	defer s.wg.Done()
+	tick := time.NewTicker(typingRefresh)
+	defer tick.Stop()
+	for {
+		select {
+		case <-s.ctx.Done():
+			return
+		case <-tick.C:
+		}
+		type typer struct{ roomID, userID string }
+		var now []typer
+		s.mu.Lock()
+		for roomID, users := range s.typing {
+			for u := range users {
+				now = append(now, typer{roomID, u})
+			}
+		}
+		s.mu.Unlock()
+		for _, t := range now {
+			s.sendTyping(t.roomID, t.userID, true)
+		}
+	}
 }
