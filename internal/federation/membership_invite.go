@@ -21,9 +21,10 @@ type inviteRequest struct {
 	InviteRoomState []json.RawMessage `json:"invite_room_state"`
 }
 
-// strictRoomState reports whether invite_room_state must be in the spec's
-// v1.16 format (PDUs, with the create event) for a room version: servers
-// may relax it for versions 1 to 11 while others migrate.
+// strictRoomState reports whether an invite_room_state entry that fails
+// the checks fails the invite (room versions after 11) rather than being
+// left out: the spec lets servers relax the checks for versions 1 to 11
+// while others migrate.
 func strictRoomState(ver gomatrixserverlib.RoomVersion) bool {
 	switch ver {
 	case gomatrixserverlib.RoomVersionV1, gomatrixserverlib.RoomVersionV2, gomatrixserverlib.RoomVersionV3,
@@ -37,8 +38,9 @@ func strictRoomState(ver gomatrixserverlib.RoomVersion) bool {
 
 // handleInvite receives an invite of a local user (PUT /v2/invite): after
 // the spec's checks — room version, event of the path, m.room.member with
-// membership invite, sender on the origin server, invitee on this server,
-// origin's signature, invite_room_state — it signs the event, records the
+// membership invite, sender on the origin server, invitee an active user
+// of this server, origin's signature, invite_room_state — it signs the
+// event, records the
 // invite (in the room's graph when this server follows the room,
 // out-of-band otherwise, for /sync) and returns it.
 func (s *Service) handleInvite(r *http.Request, origin string) (any, error) {

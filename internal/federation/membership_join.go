@@ -87,7 +87,7 @@ func (s *Service) joinThrough(ctx context.Context, server, roomID, userID string
 	// Events that fail the checks are left out, as the spec says; the
 	// import's auth checks decide about the rest.
 	state := s.verifyRemotePDUs(ctx, roomID, ver, resp.State)
-	authChain := s.verifyRemotePDUs(ctx, roomID, ver, resp.AuthChain)
+	authChain := s.verifyRemotePDUs(ctx, roomID, ver, withoutRepeats(resp.AuthChain, resp.State))
 	state, authChain, err = s.withAuthEvents(ctx, state, authChain)
 	if err != nil {
 		return nil, err
@@ -97,6 +97,23 @@ func (s *Service) joinThrough(ctx context.Context, server, roomID, userID string
 		return nil, fmt.Errorf("%s: importing the room: %w", server, err)
 	}
 	return ev, nil
+}
+
+// withoutRepeats returns the events of list that are not in seen, byte
+// for byte: most of a send_join answer's auth chain is in its state too,
+// and need not be checked twice.
+func withoutRepeats(list, seen []json.RawMessage) []json.RawMessage {
+	set := make(map[string]bool, len(seen))
+	for _, raw := range seen {
+		set[string(raw)] = true
+	}
+	out := make([]json.RawMessage, 0, len(list))
+	for _, raw := range list {
+		if !set[string(raw)] {
+			out = append(out, raw)
+		}
+	}
+	return out
 }
 
 // withAuthEvents leaves out of a send_join answer's state and auth chain
@@ -156,4 +173,41 @@ func (s *Service) withAuthEvents(ctx context.Context, state, authChain []gomatri
 		return out
 	}
 	return keep(state), keep(authChain), nil
+}
+
+// sentByResident reports whether a local event is a join this server made
+// through another server (make_join, send_join). The resident server sends
+// such a join to the room's other servers, as the spec asks of it, so the
+// sender leaves it out (Synapse does the same): it would reach the
+// resident twice and the others after it. It is recognised as a local
+// user's join when no local user was joined before it: a local join then
+// is either such a remote join or the creator's join of a new room, which
+// has no other server to send it to.
+func (s *Service) sentByResident(ctx context.Context, ev *rooms.Event) (bool, error) {
+	if ev.Type() != spec.MRoomMember || ev.StateKey() == nil || !s.isLocalUser(*ev.StateKey()) {
+		return false, nil
+	}
+	if m, _ := ev.Membership(); m != spec.Join {
+		return false, nil
+	}
+	before, err := s.rooms.StateAt(ctx, ev, false)
+	if err != nil {
+		return false, err
+	}
+	local := rooms.StateMap{}
+	for k, nid := range before {
+		if k.Type == spec.MRoomMember && s.isLocalUser(k.StateKey) {
+			local[k] = nid
+		}
+	}
+	members, err := s.rooms.RoomStateEvents(ctx, ev.RoomID().String(), local)
+	if err != nil {
+		return false, err
+	}
+	for _, m := range members {
+		if mm, _ := m.Membership(); mm == spec.Join {
+			return false, nil
+		}
+	}
+	return true, nil
 }

@@ -79,57 +79,55 @@ func (s *Service) sendKnockAnswer(ctx context.Context, ev *rooms.Event) (any, er
 
 // roomStateSummary checks the invite_room_state or knock_room_state
 // another server sent and returns it in stripped form. Entries may be PDUs
-// (the spec's format since v1.16) or, from older servers, stripped state
-// events. A PDU must be of the room and verify; with strict set (room
-// versions after 11) every entry must be such a PDU and the create event
-// must be there, otherwise the error names the first problem. Without
-// strict, entries that fail are left out and the first problem is
-// returned along with the rest.
+// (the spec's format since v1.16) or, from servers that have not migrated
+// (Synapse and Complement still send them), stripped state events; a
+// missing create event is tolerated for the same reason. A PDU must be of
+// the room and verify: with strict set (room versions after 11) the first
+// one that does not is an error; otherwise such entries are left out and
+// the first problem is returned along with the rest.
 func (s *Service) roomStateSummary(ctx context.Context, ver gomatrixserverlib.RoomVersion, roomID string, entries []json.RawMessage, strict bool) ([]rooms.StrippedState, error) {
 	var out []rooms.StrippedState
 	var first error
-	fail := func(err error) {
-		if first == nil {
-			first = err
-		}
-	}
-	hasCreate := false
 	for _, raw := range entries {
-		var probe struct {
-			Signatures json.RawMessage `json:"signatures"`
-		}
-		if err := json.Unmarshal(raw, &probe); err != nil {
-			fail(fmt.Errorf("entry is not a JSON object: %w", err))
-			continue
-		}
-		if probe.Signatures == nil {
-			var st rooms.StrippedState
-			if strict || json.Unmarshal(raw, &st) != nil || st.Type == "" {
-				fail(fmt.Errorf("entry is not a PDU of room version %s", ver))
-				continue
+		st, err := s.strippedEntry(ctx, ver, roomID, raw)
+		if err != nil {
+			if strict {
+				return nil, err
 			}
-			out = append(out, st)
+			if first == nil {
+				first = err
+			}
 			continue
 		}
-		pdu, err := s.VerifyPDU(ctx, ver, raw)
-		switch {
-		case err != nil:
-			fail(fmt.Errorf("entry does not verify: %w", err))
-			continue
-		case pdu.RoomID().String() != roomID:
-			fail(fmt.Errorf("event %s is of room %s", pdu.EventID(), pdu.RoomID().String()))
-			continue
-		case pdu.StateKey() == nil:
-			fail(fmt.Errorf("event %s is not a state event", pdu.EventID()))
-			continue
-		}
-		if pdu.Type() == spec.MRoomCreate && pdu.StateKeyEquals("") {
-			hasCreate = true
-		}
-		out = append(out, rooms.StrippedState{Content: pdu.Content(), Sender: string(pdu.SenderID()), StateKey: *pdu.StateKey(), Type: pdu.Type()})
-	}
-	if strict && !hasCreate {
-		fail(fmt.Errorf("the m.room.create event is missing"))
+		out = append(out, st)
 	}
 	return out, first
+}
+
+// strippedEntry checks one entry of invite_room_state or knock_room_state:
+// a stripped state event, or a PDU of the room that verifies.
+func (s *Service) strippedEntry(ctx context.Context, ver gomatrixserverlib.RoomVersion, roomID string, raw json.RawMessage) (rooms.StrippedState, error) {
+	var probe struct {
+		Signatures json.RawMessage `json:"signatures"`
+	}
+	if err := json.Unmarshal(raw, &probe); err != nil {
+		return rooms.StrippedState{}, fmt.Errorf("entry is not a JSON object: %w", err)
+	}
+	if probe.Signatures == nil {
+		var st rooms.StrippedState
+		if json.Unmarshal(raw, &st) != nil || st.Type == "" {
+			return rooms.StrippedState{}, fmt.Errorf("entry is neither a stripped state event nor a PDU")
+		}
+		return st, nil
+	}
+	pdu, err := s.VerifyPDU(ctx, ver, raw)
+	switch {
+	case err != nil:
+		return rooms.StrippedState{}, fmt.Errorf("entry does not verify: %w", err)
+	case pdu.RoomID().String() != roomID:
+		return rooms.StrippedState{}, fmt.Errorf("event %s is of room %s", pdu.EventID(), pdu.RoomID().String())
+	case pdu.StateKey() == nil:
+		return rooms.StrippedState{}, fmt.Errorf("event %s is not a state event", pdu.EventID())
+	}
+	return rooms.StrippedState{Content: pdu.Content(), Sender: string(pdu.SenderID()), StateKey: *pdu.StateKey(), Type: pdu.Type()}, nil
 }

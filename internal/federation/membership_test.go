@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"io"
 	"net/url"
+	"strings"
 	"testing"
 
 	"github.com/matrix-org/gomatrixserverlib"
@@ -172,6 +173,44 @@ func TestFederatedInvite(t *testing.T) {
 			}
 		})
 
+		t.Run("by createRoom", func(t *testing.T) {
+			gina := n.user("hs2", "gina")
+			roomID := createRoom(t, alice, map[string]any{"preset": "trusted_private_chat", "is_direct": true, "invite": []string{gina.UserID}})
+			st := dig(syncOnce(t, gina, ""), "rooms", "invite", roomID, "invite_state", "events")
+			found := false
+			for _, ev := range st.([]any) {
+				if dig(ev, "type") == "m.room.member" && dig(ev, "state_key") == gina.UserID {
+					found = dig(ev, "content", "is_direct") == true
+				}
+			}
+			if !found {
+				t.Fatalf("invite_state %v", st)
+			}
+			gina.MustDo(200, "POST", roomPath(roomID)+"/join", map[string]any{})
+			if m := membershipOf(alice, roomID, gina.UserID); m != "join" {
+				t.Fatalf("hs1: gina is %q", m)
+			}
+		})
+
+		t.Run("rescinded", func(t *testing.T) {
+			// The inviter withdraws the invite (a kick) in a room hs2
+			// does not follow: hs2 records it from the transaction.
+			frank := n.user("hs2", "frank")
+			roomID := createRoom(t, alice, map[string]any{"preset": "private_chat"})
+			alice.MustDo(200, "POST", roomPath(roomID)+"/invite", map[string]any{"user_id": frank.UserID})
+			if dig(syncOnce(t, frank, ""), "rooms", "invite", roomID) == nil {
+				t.Fatal("no invite")
+			}
+			alice.MustDo(200, "POST", roomPath(roomID)+"/kick", map[string]any{"user_id": frank.UserID})
+			eventually(t, "the invite to be withdrawn on hs2", func() bool {
+				return dig(syncOnce(t, frank, ""), "rooms", "invite", roomID) == nil
+			})
+			left := syncOnce(t, frank, `{"room":{"include_leave":true}}`)
+			if !contains(eventTypes(dig(left, "rooms", "leave", roomID, "timeline", "events")), "m.room.member/"+frank.UserID) {
+				t.Fatalf("leave section %v", dig(left, "rooms", "leave"))
+			}
+		})
+
 		t.Run("reject", func(t *testing.T) {
 			// A room hs2 does not follow: the rejection goes through hs1
 			// (make_leave, send_leave).
@@ -273,6 +312,12 @@ func TestFederatedBan(t *testing.T) {
 		uri := "/_matrix/federation/v1/make_join/" + url.PathEscape(roomID) + "/" + url.PathEscape(bob.UserID) + "?ver=12"
 		wantRemoteError(t, n.fedCall("hs2", "hs1", "GET", uri, nil, nil), 403, "M_FORBIDDEN")
 
+		// hs2 learns of the ban (the sender takes it to the banned user's
+		// server) and so leaves the room: its users then join through hs1.
+		eventually(t, "hs2 to see bob banned", func() bool {
+			joined, err := n.hs["hs2"].Rooms.ServerJoined(context.Background(), roomID)
+			return err == nil && !joined
+		})
 		// A user banned before joining.
 		alice.MustDo(200, "POST", roomPath(roomID)+"/ban", map[string]any{"user_id": carol.UserID})
 		res := joinVia(carol, roomID, "hs1")
@@ -346,6 +391,56 @@ func TestRestrictedJoin(t *testing.T) {
 		}
 		// hs2 passed the join on to hs1.
 		eventually(t, "hs1 to see dave's join", func() bool { return membershipOf(alice, roomB, dave.UserID) == "join" })
+
+		// Through hs2 alone, the join of C fails (no one there may invite),
+		// although the room ID names hs1; through hs2 then hs1, it works.
+		res = joinVia(dave, roomC, "hs2")
+		if res.Status != 400 || res.ErrCode() != "M_UNABLE_TO_GRANT_JOIN" {
+			t.Fatalf("join of C through hs2: %d %s", res.Status, res.Body)
+		}
+		eventually(t, "hs1 to see dave in the space", func() bool { return membershipOf(alice, space, dave.UserID) == "join" })
+		if res := joinVia(dave, roomC, "hs2", "hs1"); res.Status != 200 {
+			t.Fatalf("join of C through hs2 and hs1: %d %s", res.Status, res.Body)
+		}
+		if c := stateContent(dave, roomC, "m.room.member", dave.UserID); c["join_authorised_via_users_server"] != alice.UserID {
+			t.Fatalf("hs3: dave's member event in C %v", c)
+		}
+
+		// A local join of a restricted room is authorised by a local user.
+		frank := n.user("hs1", "frank")
+		frank.MustDo(200, "POST", roomPath(space)+"/join", map[string]any{})
+		frank.MustDo(200, "POST", roomPath(roomB)+"/join", map[string]any{})
+		if c := stateContent(alice, roomB, "m.room.member", frank.UserID); c["membership"] != "join" || c["join_authorised_via_users_server"] != alice.UserID {
+			t.Fatalf("frank's member event %v", c)
+		}
+
+		// A room of hs2 that hs1 is in, where no user of hs1 may invite:
+		// a user of hs1 joins it through hs2.
+		charlie, greg := n.user("hs2", "charlie"), n.user("hs1", "greg")
+		space2 := createRoom(t, charlie, map[string]any{"preset": "public_chat", "room_version": "10"})
+		roomF := createRoom(t, charlie, map[string]any{"preset": "private_chat", "room_version": "10",
+			"power_level_content_override": map[string]any{"invite": 50},
+			"initial_state": []any{map[string]any{"type": "m.room.join_rules", "state_key": "",
+				"content": map[string]any{"join_rule": "restricted", "allow": []any{map[string]any{"type": "m.room_membership", "room_id": space2}}}}}})
+		charlie.MustDo(200, "POST", roomPath(roomF)+"/invite", map[string]any{"user_id": alice.UserID})
+		alice.MustDo(200, "POST", roomPath(roomF)+"/join", map[string]any{})
+		if res := joinVia(greg, roomF, "hs1"); res.Status != 403 {
+			t.Fatalf("greg's join before being in the space: %d %s", res.Status, res.Body)
+		}
+		joinVia(greg, space2, "hs2")
+		if res := joinVia(greg, roomF, "hs1"); res.Status != 200 {
+			t.Fatalf("greg's join: %d %s", res.Status, res.Body)
+		}
+		if c := stateContent(charlie, roomF, "m.room.member", greg.UserID); c["join_authorised_via_users_server"] != charlie.UserID {
+			t.Fatalf("hs2: greg's member event %v", c)
+		}
+
+		// knock_restricted with no condition: a join is refused.
+		roomE := createRoom(t, alice, map[string]any{"preset": "private_chat", "room_version": "10",
+			"initial_state": []any{map[string]any{"type": "m.room.join_rules", "state_key": "", "content": map[string]any{"join_rule": "knock_restricted"}}}})
+		if res := joinVia(bob, roomE, "hs1"); res.Status != 403 || res.ErrCode() != "M_FORBIDDEN" {
+			t.Fatalf("join of a knock_restricted room without conditions: %d %s", res.Status, res.Body)
+		}
 
 		// A restricted room whose allowed room hs2 does not follow; bob is
 		// in it through an invite.
@@ -572,8 +667,9 @@ func messageBodies(c *testutil.Client, roomID string) []string {
 }
 
 // TestInviteRoomState: the invite_room_state of an invite is checked
-// (strictly from room version 12 on: PDUs of the room, with the create
-// event), signed by the invitee's server and shown to the invitee.
+// (PDUs must be of the room and verify; from room version 12 on, one that
+// does not fails the invite), signed by the invitee's server and shown to
+// the invitee.
 func TestInviteRoomState(t *testing.T) {
 	testutil.ForEachBackend(t, func(t *testing.T, b testutil.Backend) {
 		n := newMemberNet(t, b, "hs1", "hs2")
@@ -608,11 +704,11 @@ func TestInviteRoomState(t *testing.T) {
 		r12 := createRoom(t, zed, map[string]any{"preset": "private_chat", "name": "Twelve"})
 		other := createRoom(t, zed, map[string]any{"preset": "private_chat", "name": "Elsewhere"})
 		inv := invite(r12)
-		// No create event; a stripped (not PDU) entry; an event of
-		// another room.
-		wantRemoteError(t, put(inv, described(r12)[1:], nil), 400, "M_INVALID_PARAM")
-		wantRemoteError(t, put(inv, []json.RawMessage{json.RawMessage(`{"type":"m.room.name","state_key":"","sender":"@zed:hs2","content":{"name":"x"}}`)}, nil), 400, "M_INVALID_PARAM")
+		// An event of another room; a forged event; not an event.
 		wantRemoteError(t, put(inv, append(described(r12), described(other)[1]), nil), 400, "M_INVALID_PARAM")
+		forged := strings.Replace(string(described(r12)[1]), `"sender":"@zed:hs2"`, `"sender":"@mallory:hs2"`, 1)
+		wantRemoteError(t, put(inv, append(described(r12), json.RawMessage(forged)), nil), 400, "M_INVALID_PARAM")
+		wantRemoteError(t, put(inv, []json.RawMessage{json.RawMessage(`{"content":{}}`)}, nil), 400, "M_INVALID_PARAM")
 		if dig(syncOnce(t, bob, ""), "rooms", "invite", r12) != nil {
 			t.Fatal("a refused invite is listed")
 		}
@@ -637,15 +733,23 @@ func TestInviteRoomState(t *testing.T) {
 			t.Fatalf("invite_state %v", st)
 		}
 
-		// Room version 10: stripped entries from older servers pass.
-		r10 := createRoom(t, zed, map[string]any{"preset": "private_chat", "room_version": "10"})
-		stripped := json.RawMessage(`{"type":"m.room.name","state_key":"","sender":"@zed:hs2","content":{"name":"Ten"}}`)
-		if re := put(invite(r10), []json.RawMessage{stripped}, nil); re != nil {
+		// Servers that have not migrated send stripped events, without
+		// the create event: they pass. In room version 10, entries that
+		// fail the checks are left out.
+		stripped := json.RawMessage(`{"type":"m.room.name","state_key":"","sender":"@zed:hs2","content":{"name":"Stripped"}}`)
+		r12b := createRoom(t, zed, map[string]any{"preset": "private_chat"})
+		if re := put(invite(r12b), []json.RawMessage{stripped}, nil); re != nil {
 			t.Fatal(re)
 		}
-		st = dig(syncOnce(t, bob, ""), "rooms", "invite", r10, "invite_state", "events")
-		if !contains(eventTypes(st), "m.room.name/") {
-			t.Fatalf("invite_state %v", st)
+		r10 := createRoom(t, zed, map[string]any{"preset": "private_chat", "room_version": "10"})
+		if re := put(invite(r10), []json.RawMessage{stripped, described(other)[0]}, nil); re != nil {
+			t.Fatal(re)
+		}
+		for _, r := range []string{r12b, r10} {
+			st = dig(syncOnce(t, bob, ""), "rooms", "invite", r, "invite_state", "events")
+			if types := eventTypes(st); !contains(types, "m.room.name/") || contains(types, "m.room.create/") {
+				t.Fatalf("invite_state %v", st)
+			}
 		}
 	})
 }

@@ -20,12 +20,12 @@ import (
 // memberNet is a set of federating test servers for the membership tests,
 // with helpers named after what the tests do.
 type memberNet struct {
-	t  *testing.T
+	t  testing.TB
 	hs map[string]*testutil.Server
 }
 
 // newMemberNet starts servers with the given names on backend b.
-func newMemberNet(t *testing.T, b testutil.Backend, names ...string) *memberNet {
+func newMemberNet(t testing.TB, b testutil.Backend, names ...string) *memberNet {
 	t.Helper()
 	network := testutil.NewNetwork(t, names...)
 	n := &memberNet{t: t, hs: map[string]*testutil.Server{}}

@@ -132,6 +132,7 @@ func (s *Service) receiveRoomPDUs(ctx context.Context, origin, roomID string, ra
 			slog.Error("federation: /send: room version", "room", roomID, "err", err)
 		}
 		slog.Debug("federation: dropping PDUs of an unknown room", "origin", origin, "room", roomID, "count", len(raws))
+		s.receiveOutOfBand(ctx, origin, roomID, raws) // withdrawn invites (membership_outofband.go)
 		return out
 	}
 	verImpl, err := gomatrixserverlib.GetRoomVersion(ver)

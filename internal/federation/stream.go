@@ -176,6 +176,11 @@ func (s *Sender) eventRows(ctx context.Context, from, to int64, dests *destCache
 		if ev == nil {
 			continue
 		}
+		if resident, err := s.svc.sentByResident(ctx, ev); err != nil {
+			return nil, err
+		} else if resident {
+			continue // the resident server sends it (membership_join.go)
+		}
 		servers, err := dests.at(ctx, ev)
 		if err != nil {
 			return nil, err

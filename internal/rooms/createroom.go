@@ -197,7 +197,13 @@ func (e *Engine) CreateRoom(ctx context.Context, creator string, req *CreateRoom
 	if req.Topic != nil {
 		specs = append(specs, stateSpec(creator, spec.MRoomTopic, "", topicContent(*req.Topic)))
 	}
+	var remoteInvitees []string
 	for _, u := range req.Invite {
+		if e.Remote != nil && !e.isLocalUser(u) {
+			// Invited over federation once the room exists.
+			remoteInvitees = append(remoteInvitees, u)
+			continue
+		}
 		c := map[string]any{"membership": spec.Invite}
 		if req.IsDirect {
 			c["is_direct"] = true
@@ -210,14 +216,17 @@ func (e *Engine) CreateRoom(ctx context.Context, creator string, req *CreateRoom
 		ri.id = "!" + randomString(18) + ":" + string(e.serverName)
 	}
 	// New rooms cannot collide, but take the lock of the final ID for v<12.
+	unlock := func() {}
 	if ri.id != "" {
-		defer e.lockRoom(ri.id)()
+		unlock = e.lockRoom(ri.id)
 	}
 	evs, err := e.sendLocked(ctx, ri, specs, true)
+	unlock()
 	if err != nil {
 		return "", err
 	}
 	roomID := evs[0].RoomID().String()
+	e.inviteRemoteInvitees(ctx, roomID, creator, remoteInvitees, req.IsDirect)
 	if alias != "" {
 		if err := e.SetAlias(ctx, alias, roomID, creator); err != nil {
 			return "", err

@@ -140,6 +140,9 @@ func (e *Engine) join(r *http.Request, p *httpx.Principal, roomID string, server
 	} else if m == spec.Join {
 		return map[string]string{"room_id": roomID}, nil
 	}
+	if done, err := e.authoriseLocalJoin(ctx, roomID, p.UserID, servers, reason, extra); err != nil || done {
+		return map[string]string{"room_id": roomID}, err
+	}
 	if _, err := e.SetMembership(ctx, roomID, p.UserID, p.UserID, spec.Join, reason, extra); err != nil {
 		return nil, err
 	}
@@ -276,7 +279,7 @@ func (e *Engine) membershipAction(action string) httpx.AuthHandler {
 			membership = spec.Leave
 		}
 		if membership == spec.Invite && e.Remote != nil && !e.isLocalUser(body.UserID) {
-			return httpx.Empty, e.inviteRemoteUser(ctx, roomID, p.UserID, body.UserID, body.Reason)
+			return httpx.Empty, e.inviteRemoteUser(ctx, roomID, p.UserID, body.UserID, body.Reason, false)
 		}
 		if _, err := e.SetMembership(ctx, roomID, p.UserID, body.UserID, membership, body.Reason, nil); err != nil {
 			return nil, err

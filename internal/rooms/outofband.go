@@ -231,3 +231,37 @@ func strippedOf(ev gomatrixserverlib.PDU) StrippedState {
 	}
 	return StrippedState{Content: json.RawMessage(ev.Content()), Sender: string(ev.SenderID()), StateKey: key, Type: ev.Type()}
 }
+
+// OutOfBandRoomVersion returns the version of a room this server knows
+// only through out-of-band memberships of its users; ok is false when it
+// has none.
+func (e *Engine) OutOfBandRoomVersion(ctx context.Context, roomID string) (ver gomatrixserverlib.RoomVersion, ok bool, err error) {
+	var v string
+	err = e.db.QueryRow(ctx, `SELECT room_version FROM out_of_band_memberships WHERE room_id = $1 LIMIT 1`, roomID).Scan(&v)
+	if errors.Is(err, db.ErrNoRows) {
+		return "", false, nil
+	}
+	return gomatrixserverlib.RoomVersion(v), err == nil, err
+}
+
+// AcceptOutOfBandRescind records the leave event that withdraws an
+// out-of-band invite of a local user, received from the room's servers
+// although this server does not follow the room. Its auth cannot be
+// checked without the room's state, so, as Synapse does, it is accepted
+// when it is a leave of the invitee sent by the invite's sender with the
+// invite among its auth events (the caller has checked its signatures).
+// It reports whether the event was recorded.
+func (e *Engine) AcceptOutOfBandRescind(ctx context.Context, pdu gomatrixserverlib.PDU) (bool, error) {
+	if pdu.Type() != spec.MRoomMember || pdu.StateKey() == nil || *pdu.StateKey() == string(pdu.SenderID()) || !e.isLocalUser(*pdu.StateKey()) {
+		return false, nil
+	}
+	if m, err := pdu.Membership(); err != nil || m != spec.Leave {
+		return false, nil
+	}
+	ob, err := e.outOfBandMembership(ctx, pdu.RoomID().String(), *pdu.StateKey())
+	if err != nil || ob == nil || ob.membership != spec.Invite || ob.event.SenderID() != pdu.SenderID() ||
+		!slices.Contains(pdu.AuthEventIDs(), ob.event.EventID()) {
+		return false, err
+	}
+	return true, e.storeOutOfBand(ctx, pdu, ob.stripped, ob.servers)
+}

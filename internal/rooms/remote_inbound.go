@@ -63,8 +63,9 @@ func (e *Engine) MembershipTemplate(ctx context.Context, roomID, userID, members
 // join of a restricted room, or "" when the join needs no authorisation
 // (the room is not restricted, or the user is invited or joined already).
 // It fails with ErrUnableToAuthoriseJoin when none of the rooms the join
-// rules name is followed here, 403 when the user is in none of them, and
-// ErrUnableToGrantJoin when no local member may invite.
+// rules name is followed here, 403 when the user is in none of them (or
+// the rules name none), and ErrUnableToGrantJoin when no local member may
+// invite.
 func (e *Engine) restrictedJoinAuthoriser(ctx context.Context, ri *roomInfo, userID string) (string, error) {
 	if ri.verImpl.CheckRestrictedJoinsAllowed() != nil {
 		return "", nil
@@ -80,11 +81,12 @@ func (e *Engine) restrictedJoinAuthoriser(ctx context.Context, ri *roomInfo, use
 	if m, err := e.Membership(ctx, ri.id, userID); err != nil || m == spec.Join || m == spec.Invite {
 		return "", err
 	}
-	known, allowed := false, false
+	conditions, known, allowed := 0, false, false
 	for _, rule := range rules.Allow {
 		if rule.Type != spec.MRoomMembership || rule.RoomID == "" {
 			continue
 		}
+		conditions++
 		if joined, err := e.ServerJoined(ctx, rule.RoomID); err != nil {
 			return "", err
 		} else if !joined {
@@ -100,7 +102,7 @@ func (e *Engine) restrictedJoinAuthoriser(ctx context.Context, ri *roomInfo, use
 	}
 	switch {
 	case allowed:
-	case !known:
+	case conditions > 0 && !known:
 		return "", ErrUnableToAuthoriseJoin
 	default:
 		return "", httpx.Forbidden("%s is not a member of any room the join rules of %s allow", userID, ri.id)

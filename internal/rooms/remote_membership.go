@@ -111,8 +111,8 @@ func viaParams(r *http.Request) ([]string, error) {
 // remoteServers returns the servers to reach a room through when this
 // server does not follow it: the given ones, those of the user's
 // out-of-band invite or knock (ob, also returned), or the sender's of an
-// invite in the room's state, and the server named in the room ID (rooms
-// before version 12), this server left out. follows is true, and servers
+// invite in the room's state — or, when there are none, the server named
+// in the room ID (rooms before version 12) — this server left out. follows is true, and servers
 // nil, when this server follows the room or no federation is wired: the
 // change is then local.
 func (e *Engine) remoteServers(ctx context.Context, roomID, userID string, given []string) (servers []string, ob *outOfBand, follows bool, err error) {
@@ -133,7 +133,7 @@ func (e *Engine) remoteServers(ctx context.Context, roomID, userID string, given
 		// not in the room: its sender's server is in it.
 		candidates = append(candidates, serverOf(string(ev.SenderID())))
 	}
-	if _, server, ok := strings.Cut(roomID, ":"); ok {
+	if _, server, ok := strings.Cut(roomID, ":"); ok && len(candidates) == 0 {
 		candidates = append(candidates, server)
 	}
 	for _, s := range candidates {
@@ -166,6 +166,53 @@ func (e *Engine) joinRemote(ctx context.Context, roomID, userID string, given []
 		content[k] = v
 	}
 	if _, err := e.Remote.JoinRemote(ctx, roomID, userID, servers, content); err != nil {
+		return false, err
+	}
+	return true, e.unforget(ctx, userID, roomID)
+}
+
+// authoriseLocalJoin prepares the local join of a restricted room: it
+// names the local user who authorises it in extra
+// (join_authorised_via_users_server). When no local user can (none may
+// invite, or the allowed rooms are not followed here), the user joins
+// through the room's other servers, as the spec's restricted rooms
+// expect (done is then true).
+func (e *Engine) authoriseLocalJoin(ctx context.Context, roomID, userID string, given []string, reason string, content map[string]any) (done bool, err error) {
+	ri, err := e.room(ctx, roomID)
+	if err != nil {
+		return false, err
+	}
+	via, err := e.restrictedJoinAuthoriser(ctx, ri, userID)
+	switch {
+	case err == nil:
+		if via != "" {
+			content["join_authorised_via_users_server"] = via
+		}
+		return false, nil
+	case e.Remote == nil || (!errors.Is(err, ErrUnableToGrantJoin) && !errors.Is(err, ErrUnableToAuthoriseJoin)):
+		return false, err
+	}
+	residents, err := e.residentServers(ctx, roomID)
+	if err != nil {
+		return false, err
+	}
+	var servers []string
+	for _, s := range append(slices.Clone(given), residents...) {
+		if s != string(e.serverName) && !slices.Contains(servers, s) {
+			servers = append(servers, s)
+		}
+	}
+	if len(servers) == 0 {
+		return false, httpx.Forbidden("No user can authorise joining %s", roomID)
+	}
+	full, err := e.memberContent(ctx, userID, spec.Join, reason, false)
+	if err != nil {
+		return false, err
+	}
+	for k, v := range content {
+		full[k] = v
+	}
+	if _, err := e.Remote.JoinRemote(ctx, roomID, userID, servers, full); err != nil {
 		return false, err
 	}
 	return true, e.unforget(ctx, userID, roomID)
@@ -261,8 +308,8 @@ func (e *Engine) localOutOfBandLeave(ob *outOfBand, content map[string]any) (gom
 // inviteRemoteUser invites a user of another server: the invite is built
 // here, signed by the invitee's server (PUT /invite), then stored like an
 // event received over federation.
-func (e *Engine) inviteRemoteUser(ctx context.Context, roomID, sender, target, reason string) error {
-	content, err := e.memberContent(ctx, target, spec.Invite, reason, false)
+func (e *Engine) inviteRemoteUser(ctx context.Context, roomID, sender, target, reason string, isDirect bool) error {
+	content, err := e.memberContent(ctx, target, spec.Invite, reason, isDirect)
 	if err != nil {
 		return err
 	}
@@ -280,6 +327,17 @@ func (e *Engine) inviteRemoteUser(ctx context.Context, roomID, sender, target, r
 	}
 	_, err = e.AcceptRemoteMembership(ctx, roomID, signed)
 	return err
+}
+
+// inviteRemoteInvitees invites the users of other servers that createRoom
+// names, once the room exists. As in Synapse, an invite that fails does
+// not fail the room's creation: it is logged.
+func (e *Engine) inviteRemoteInvitees(ctx context.Context, roomID, creator string, invitees []string, isDirect bool) {
+	for _, u := range invitees {
+		if err := e.inviteRemoteUser(ctx, roomID, creator, u, "", isDirect); err != nil {
+			slog.Info("createRoom: inviting a user of another server failed", "room", roomID, "user", u, "err", err)
+		}
+	}
 }
 
 // buildUnstored builds and signs an event on the room's forward
