@@ -3,6 +3,7 @@ package federation_test
 import (
 	"context"
 	"fmt"
+	"net/url"
 	"slices"
 	"testing"
 
@@ -81,7 +82,7 @@ func TestBackfill(t *testing.T) {
 		hs1, hs2 := srv[0], srv[1]
 		alice, bob := hs1.NewUser(t, "alice", "pw"), hs2.NewUser(t, "bob", "pw")
 		roomID := newRoom(t, alice, map[string]any{"preset": "public_chat"})
-		var sent []string
+		var sent []string // messages, oldest first
 		for i := range 80 {
 			sent = append(sent, fmt.Sprintf("history %d", i))
 			say(t, alice, roomID, sent[i])
@@ -96,6 +97,13 @@ func TestBackfill(t *testing.T) {
 		if got := timeline(t, bob, roomID); !slices.Equal(got, sent) {
 			t.Fatalf("bob's timeline the second time\n%q", got)
 		}
-		_ = hs2
+		// It starts with the room's creation, as on hs1.
+		for _, c := range []*testutil.Client{alice, bob} {
+			r := c.MustDo(200, "GET", "/_matrix/client/v3/rooms/"+url.PathEscape(roomID)+"/messages?dir=f&limit=1", nil)
+			chunk, _ := r.JSON["chunk"].([]any)
+			if len(chunk) != 1 || chunk[0].(map[string]any)["type"] != "m.room.create" {
+				t.Fatalf("%s: the timeline starts with %s", c.UserID, r.Body)
+			}
+		}
 	})
 }

@@ -547,7 +547,7 @@ func (x *ingestBatch) add(it *ingestItem, status int, why error) {
 func (x *ingestBatch) checkAuthEvents(ctx context.Context, ev *Event, authEvs []*Event) (rejection, err error) {
 	domainless := x.ri.verImpl.DomainlessRoomIDs()
 	if ev.Type() == spec.MRoomCreate && ev.StateKeyEquals("") {
-		if len(authEvs) > 0 || !x.creating {
+		if len(authEvs) > 0 || !(x.creating || x.backfillsCreate(ev)) {
 			return errors.New("a room has one create event, with no auth events"), nil
 		}
 		provider, _ := gomatrixserverlib.NewAuthEvents(nil)

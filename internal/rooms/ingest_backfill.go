@@ -3,6 +3,8 @@ package rooms
 import (
 	"context"
 
+	"github.com/matrix-org/gomatrixserverlib/spec"
+
 	"github.com/palpo-go/palpo/internal/db"
 )
 
@@ -33,4 +35,14 @@ func (x *ingestBatch) backfillBase(ctx context.Context, tx *db.Tx) (int64, error
 		return 0, err
 	}
 	return min(lowest, 0) - n, nil
+}
+
+// backfillsCreate reports whether ev is the room's own create event, known
+// as an outlier since the room was joined over federation, coming back
+// with the history (AsBackfill): it then joins the timeline, at its start,
+// with the empty state before it.
+func (x *ingestBatch) backfillsCreate(ev *Event) bool {
+	known := x.known[ev.EventID()]
+	return x.opts.backfill && known != nil && known.Status == StatusOutlier &&
+		x.ri.state[StateKey{spec.MRoomCreate, ""}] == known.NID
 }

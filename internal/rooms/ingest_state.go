@@ -12,6 +12,9 @@ import (
 // stateBefore computes the state before ev; missing lists prev_events
 // whose state is unknown.
 func (x *ingestBatch) stateBefore(ctx context.Context, ev *Event) (*stateAt, []string, error) {
+	if len(ev.PrevEventIDs()) == 0 && x.backfillsCreate(ev) {
+		return &stateAt{m: StateMap{}, hasRef: true}, nil, nil // the empty state
+	}
 	if ids, ok := x.opts.stateBefore[ev.EventID()]; ok {
 		m, err := x.stateFromIDs(ids)
 		if err != nil {
