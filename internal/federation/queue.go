@@ -164,15 +164,24 @@ func (s *Sender) queue(ctx context.Context, rows []queued) error {
 	return nil
 }
 
-// others returns the destinations without this server and duplicates.
+// others returns the valid destinations without this server and
+// duplicates.
 func (s *Sender) others(destinations []string) []string {
 	seen := map[string]bool{s.svc.serverName: true}
 	var out []string
 	for _, d := range destinations {
-		if !seen[d] && d != "" {
+		if !seen[d] && validDestination(d) {
 			seen[d] = true
 			out = append(out, d)
 		}
 	}
 	return out
+}
+
+// validDestination reports whether a server name can be sent to: a user
+// ID's server part is not checked by the auth rules, and rows for a name
+// that can never be reached would wait forever.
+func validDestination(name string) bool {
+	_, _, err := splitServerName(name)
+	return name != "" && err == nil
 }

@@ -140,7 +140,8 @@ func (s *Service) receiveRoomPDUs(ctx context.Context, origin, roomID string, ra
 		return out
 	}
 	allowed, err := s.rooms.ServerAllowed(ctx, roomID, origin)
-	if err != nil {
+	aclFailed := err != nil
+	if aclFailed {
 		slog.Error("federation: /send: server ACL", "room", roomID, "err", err)
 	}
 	var pdus []gomatrixserverlib.PDU
@@ -152,6 +153,8 @@ func (s *Service) receiveRoomPDUs(ctx context.Context, origin, roomID string, ra
 		}
 		id := pdu.EventID()
 		switch {
+		case aclFailed:
+			out[id] = pduResult{Error: "Internal error"}
 		case !allowed:
 			out[id] = pduResult{Error: "The room's server ACL denies " + origin}
 		case pdu.RoomID().String() != roomID:

@@ -344,7 +344,7 @@ func (s *Sender) AddEDUSource(src EDUSource) {
 // Wake tells a destination's worker that a source has something new for
 // it.
 func (s *Sender) Wake(dest string) {
-	if dest != "" && dest != s.svc.serverName {
+	if validDestination(dest) && dest != s.svc.serverName {
 		s.wake(dest)
 	}
 }

@@ -183,9 +183,14 @@ func (s *Sender) eventRows(ctx context.Context, from, to int64, dests *destCache
 		}
 		servers, err := dests.at(ctx, ev)
 		if err != nil {
-			return nil, err
+			// One event must not stop the stream: send it where the room
+			// is now.
+			slog.Error("federation: the servers at an event", "event", id, "err", err)
+			if servers, err = dests.room(ctx, ev.RoomID().String()); err != nil {
+				return nil, err
+			}
 		}
-		if target := removedServer(ev); target != "" && target != s.svc.serverName && !slices.Contains(servers, target) {
+		if target := removedServer(ev); validDestination(target) && target != s.svc.serverName && !slices.Contains(servers, target) {
 			servers = append(slices.Clone(servers), target)
 		}
 		for _, d := range servers {
@@ -298,7 +303,7 @@ func (c *destCache) at(ctx context.Context, ev *rooms.Event) ([]string, error) {
 	}
 	set := map[string]bool{}
 	for _, m := range evs {
-		if mm, _ := m.Membership(); mm == spec.Join {
+		if mm, _ := m.Membership(); mm == spec.Join && validDestination(serverOfUser(*m.StateKey())) {
 			set[serverOfUser(*m.StateKey())] = true
 		}
 	}
@@ -326,7 +331,9 @@ func (s *Sender) RoomServers(ctx context.Context, roomID string) ([]string, erro
 	delete(set, s.svc.serverName)
 	out := make([]string, 0, len(set))
 	for d := range set {
-		out = append(out, d)
+		if validDestination(d) {
+			out = append(out, d)
+		}
 	}
 	slices.Sort(out)
 	return out, nil
