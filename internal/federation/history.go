@@ -19,7 +19,8 @@ import (
 )
 
 // Answering other servers' questions about a room's history: /event,
-// /state, /state_ids, /event_auth, /backfill and /get_missing_events.
+// /state, /state_ids, /event_auth, /backfill, /get_missing_events and
+// /timestamp_to_event.
 //
 // Who may ask: the room's server ACL must allow the requesting server, and
 // for everything but /event it must have a joined member in the room now.
@@ -260,6 +261,55 @@ func (s *Service) handleGetMissingEvents(r *http.Request, origin string) (any, e
 		return nil, err
 	}
 	return map[string]any{"events": pdus}, nil
+}
+
+// timestampCandidates bounds the events /timestamp_to_event examines for
+// one the asking server may see.
+const timestampCandidates = 50
+
+func (s *Service) handleTimestampToEvent(r *http.Request, origin string) (any, error) {
+	ctx := r.Context()
+	roomID, q := r.PathValue("roomId"), r.URL.Query()
+	if q.Get("ts") == "" {
+		return nil, httpx.MissingParam("ts is required")
+	}
+	ts, err := strconv.ParseInt(q.Get("ts"), 10, 64)
+	if err != nil {
+		return nil, httpx.InvalidParam("ts must be an integer")
+	}
+	var forward bool
+	switch dir := q.Get("dir"); dir {
+	case "f":
+		forward = true
+	case "b":
+	case "":
+		return nil, httpx.MissingParam("dir is required")
+	default:
+		return nil, httpx.InvalidParam("dir must be b or f, not %q", dir)
+	}
+	if err := s.checkRoomAccess(ctx, roomID, origin, true); err != nil {
+		return nil, err
+	}
+	evs, err := s.rooms.EventsByTimestamp(ctx, roomID, ts, forward, timestampCandidates)
+	if err != nil {
+		return nil, err
+	}
+	v, err := s.newServerView(ctx, roomID, origin)
+	if err != nil {
+		return nil, err
+	}
+	for _, ev := range evs {
+		if ok, err := v.canSee(ctx, ev); err != nil {
+			return nil, err
+		} else if ok {
+			return map[string]any{"event_id": ev.EventID(), "origin_server_ts": int64(ev.OriginServerTS())}, nil
+		}
+	}
+	word := "forward"
+	if !forward {
+		word = "backward"
+	}
+	return nil, httpx.NotFound("Unable to find event from %d in %s direction", ts, word)
 }
 
 // walkBack walks a room's event graph back from the events `from` through

@@ -3,6 +3,7 @@ package federation_test
 import (
 	"context"
 	"encoding/json"
+	"fmt"
 	"net/url"
 	"slices"
 	"testing"
@@ -105,6 +106,15 @@ func TestHistoryForOtherServers(t *testing.T) {
 			t.Fatalf("/get_missing_events: %d events, %v", len(missing.Events), err)
 		}
 
+		// /timestamp_to_event: the nearest event hs2 may see.
+		ts := stored(t, hs1, after).OriginServerTS()
+		near, err := fedGet(t, hs2, "hs1", v1+"timestamp_to_event/"+room+"?dir=b&ts="+fmt.Sprint(int64(ts)))
+		if err != nil || near["event_id"] != after {
+			t.Fatalf("/timestamp_to_event: %v %v", near, err)
+		}
+		_, err = fedGet(t, hs2, "hs1", v1+"timestamp_to_event/"+room+"?dir=f&ts="+fmt.Sprint(int64(ts)+3600_000))
+		wantRemote(t, err, 404, "M_NOT_FOUND")
+
 		// A server with nobody in the room gets no state or history.
 		for _, uri := range []string{
 			"state_ids/" + room + "?event_id=" + url.QueryEscape(after),
@@ -134,6 +144,10 @@ func TestHistoryForOtherServers(t *testing.T) {
 			{"backfill/" + room + "?limit=5", 400, "M_MISSING_PARAM"},
 			{"backfill/" + room + "?v=" + url.QueryEscape(after), 400, "M_MISSING_PARAM"},
 			{"backfill/" + room + "?v=" + url.QueryEscape(after) + "&limit=many", 400, "M_INVALID_PARAM"},
+			{"timestamp_to_event/" + room + "?dir=f", 400, "M_MISSING_PARAM"},
+			{"timestamp_to_event/" + room + "?ts=1", 400, "M_MISSING_PARAM"},
+			{"timestamp_to_event/" + room + "?ts=x&dir=f", 400, "M_INVALID_PARAM"},
+			{"timestamp_to_event/" + room + "?ts=1&dir=up", 400, "M_INVALID_PARAM"},
 		} {
 			_, err := fedGet(t, hs2, "hs1", v1+c.uri)
 			wantRemote(t, err, c.status, c.errcode)

@@ -23,6 +23,7 @@ import (
 //	GET  /v1/event_auth/{roomId}/{eventId}      history.go
 //	GET  /v1/backfill/{roomId}                  history.go (outbound: backfill.go)
 //	POST /v1/get_missing_events/{roomId}        history.go (outbound: missing.go)
+//	GET  /v1/timestamp_to_event/{roomId}        history.go
 //	GET  /v1/query/directory, /v1/query/profile queries.go
 //	GET/POST /v1/publicRooms                    queries.go
 //	GET  /v1/openid/userinfo                    openid.go
@@ -93,6 +94,7 @@ func (s *Service) Routes(rt *httpx.Router) {
 	s.handle("GET "+v1+"/event_auth/{roomId}/{eventId}", s.handleEventAuth)
 	s.handle("GET "+v1+"/backfill/{roomId}", s.handleBackfill)
 	s.handle("POST "+v1+"/get_missing_events/{roomId}", s.handleGetMissingEvents)
+	s.handle("GET "+v1+"/timestamp_to_event/{roomId}", s.handleTimestampToEvent)
 	s.handle("GET "+v1+"/query/directory", s.handleQueryDirectory)
 	s.handle("GET "+v1+"/query/profile", s.handleQueryProfile)
 	s.handle("GET "+v1+"/publicRooms", s.handleGetPublicRooms)

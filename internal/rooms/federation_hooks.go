@@ -49,3 +49,24 @@ func (e *Engine) pageWithBackfill(ctx context.Context, w *window, pp pageParams,
 func RedactEventJSON(v gomatrixserverlib.IRoomVersion, js []byte) ([]byte, error) {
 	return redactEventJSON(v, js)
 }
+
+// EventsByTimestamp returns up to limit accepted events of a room nearest
+// to ts in one direction — forward: origin_server_ts >= ts, earliest first;
+// backward: <= ts, latest first — for federation's /timestamp_to_event,
+// which then picks the first one the asking server may see.
+func (e *Engine) EventsByTimestamp(ctx context.Context, roomID string, ts int64, forward bool, limit int) ([]*Event, error) {
+	ri, err := e.room(ctx, roomID)
+	if err != nil {
+		return nil, err
+	}
+	cmp, order := ">=", "ASC"
+	if !forward {
+		cmp, order = "<=", "DESC"
+	}
+	nids, _, err := e.nidKeys(ctx, `SELECT nid, stream_pos FROM events WHERE room_id = $1 AND status = 0 AND origin_server_ts `+cmp+
+		` $2 ORDER BY origin_server_ts `+order+`, stream_pos `+order+` LIMIT $3`, sqlArgs{roomID, ts, limit})
+	if err != nil {
+		return nil, err
+	}
+	return e.EventsByNID(ctx, ri.version, nids)
+}
