@@ -6,6 +6,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"math"
 	"slices"
 
 	"github.com/matrix-org/gomatrixserverlib"
@@ -147,7 +148,7 @@ func (e *Engine) outOfBandMemberships(ctx context.Context, userID string, from, 
 // mergeOutOfBand adds the user's out-of-band memberships to memberships
 // from the rooms' state (Memberships).
 func (e *Engine) mergeOutOfBand(ctx context.Context, userID string, memberships map[string]string) (map[string]string, error) {
-	obs, err := e.outOfBandMemberships(ctx, userID, -1, 1<<62)
+	obs, err := e.outOfBandMemberships(ctx, userID, -1, math.MaxInt64)
 	for _, ob := range obs {
 		memberships[ob.roomID] = ob.membership
 	}
