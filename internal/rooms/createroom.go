@@ -110,6 +110,11 @@ func (e *Engine) CreateRoom(ctx context.Context, creator string, req *CreateRoom
 			if err := json.Unmarshal(raw, &additional); err != nil {
 				return "", httpx.BadJSON("additional_creators must be a list of user IDs")
 			}
+			for _, u := range additional {
+				if validUserID(u) != nil {
+					return "", httpx.BadJSON("additional_creators: %q is not a user ID", u)
+				}
+			}
 		}
 		if pd.inviteesAreAdmins {
 			additional = append(additional, req.Invite...)
@@ -143,15 +148,14 @@ func (e *Engine) CreateRoom(ctx context.Context, creator string, req *CreateRoom
 			merged[k] = v
 		}
 		if verImpl.PrivilegedCreators() {
-			// Creators have infinite power and must not be listed; clients
-			// written for older versions list the creator anyway.
+			// Creators have infinite power and may not be listed (v12).
 			var users map[string]json.RawMessage
-			if json.Unmarshal(merged["users"], &users) == nil && users != nil {
-				delete(users, creator)
-				for _, c := range additional {
-					delete(users, c)
+			if json.Unmarshal(merged["users"], &users) == nil {
+				for _, c := range append([]string{creator}, additional...) {
+					if _, listed := users[c]; listed {
+						return "", httpx.BadJSON("%s is a creator of the room and cannot be listed in power levels", c)
+					}
 				}
-				merged["users"], _ = json.Marshal(users)
 			}
 		}
 		plJSON, _ = json.Marshal(merged)
@@ -256,8 +260,11 @@ func topicContent(topic string) map[string]any {
 
 func defaultPowerLevels(creator string, privilegedCreators bool, pd presetDefaults) map[string]any {
 	users := map[string]int64{}
+	// Upgrading needs more than any admin can have in v12 (creators only).
+	tombstone := int64(150)
 	if !privilegedCreators {
 		users[creator] = 100
+		tombstone = 100
 	}
 	return map[string]any{
 		"users":          users,
@@ -274,7 +281,7 @@ func defaultPowerLevels(creator string, privilegedCreators bool, pd presetDefaul
 			spec.MRoomHistoryVisibility: 100,
 			spec.MRoomCanonicalAlias:    50,
 			"m.room.avatar":             50,
-			"m.room.tombstone":          100,
+			"m.room.tombstone":          tombstone,
 			"m.room.server_acl":         100,
 			"m.room.encryption":         100,
 		},

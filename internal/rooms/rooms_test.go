@@ -186,3 +186,30 @@ func TestV12CreatorsInPowerLevelsAndCreateEvent(t *testing.T) {
 		}
 	})
 }
+
+func TestV12CreateRoomRules(t *testing.T) {
+	testutil.ForEachBackend(t, func(t *testing.T, b testutil.Backend) {
+		srv := testutil.Start(t, b)
+		alice := srv.NewUser(t, "alice", "pw")
+		create := func(body map[string]any) *testutil.Response {
+			body["room_version"] = "12"
+			return alice.Do("POST", "/_matrix/client/v3/createRoom", body)
+		}
+		if r := create(map[string]any{"power_level_content_override": map[string]any{"users": map[string]int{alice.UserID: 100}}}); r.Status != 400 {
+			t.Errorf("override listing the creator: %d", r.Status)
+		}
+		for _, bad := range []any{[]any{1}, []any{"@invalid:dom$ain$.com"}, "x"} {
+			if r := create(map[string]any{"creation_content": map[string]any{"additional_creators": bad}}); r.Status != 400 {
+				t.Errorf("additional_creators %v: %d", bad, r.Status)
+			}
+		}
+		r := create(map[string]any{"creation_content": map[string]any{"additional_creators": []string{"@foo:example.com"}}})
+		if r.Status != 200 {
+			t.Fatalf("valid additional_creators: %d %s", r.Status, r.Body)
+		}
+		pl := alice.MustDo(200, "GET", "/_matrix/client/v3/rooms/"+url.PathEscape(r.JSON["room_id"].(string))+"/state/m.room.power_levels/", nil)
+		if pl.JSON["events"].(map[string]any)["m.room.tombstone"] != float64(150) || len(pl.JSON["users"].(map[string]any)) != 0 {
+			t.Errorf("v12 default power levels: %s", pl.Body)
+		}
+	})
+}
