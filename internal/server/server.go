@@ -119,6 +119,7 @@ func New(ctx context.Context, cfg *config.Config) (*Server, error) {
 	s.E2EE.Routes(s.router)
 	s.Federation.Routes(s.router)
 	s.wireFederation()
+	s.wireE2EEFederation()
 	// Joins, leaves, knocks and invites across servers (both ways).
 	s.RoomFederation.MembershipRoutes()
 	s.Rooms.Remote = s.RoomFederation

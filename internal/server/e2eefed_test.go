@@ -1,0 +1,105 @@
+package server_test
+
+import (
+	"crypto/ed25519"
+	"crypto/rand"
+	"encoding/base64"
+	"encoding/json"
+	"testing"
+
+	"github.com/matrix-org/gomatrixserverlib"
+
+	"github.com/palpo-go/palpo/internal/testutil"
+)
+
+// signedObject signs obj as c's device with priv and returns it.
+func signedObject(t *testing.T, c *testutil.Client, priv ed25519.PrivateKey, obj map[string]any) json.RawMessage {
+	t.Helper()
+	raw, err := json.Marshal(obj)
+	if err != nil {
+		t.Fatal(err)
+	}
+	signed, err := gomatrixserverlib.SignJSON(c.UserID, gomatrixserverlib.KeyID("ed25519:"+c.DeviceID), priv, raw)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return signed
+}
+
+// uploadDeviceKeys uploads signed identity keys and one signed one-time
+// key (ID "otk") for c's device.
+func uploadDeviceKeys(t *testing.T, c *testutil.Client) {
+	t.Helper()
+	pub, priv, err := ed25519.GenerateKey(rand.Reader)
+	if err != nil {
+		t.Fatal(err)
+	}
+	b64 := base64.RawStdEncoding.EncodeToString
+	curve := make([]byte, 32)
+	_, _ = rand.Read(curve)
+	dk := signedObject(t, c, priv, map[string]any{
+		"user_id": c.UserID, "device_id": c.DeviceID,
+		"algorithms": []string{"m.olm.v1.curve25519-aes-sha2", "m.megolm.v1.aes-sha2"},
+		"keys":       map[string]string{"curve25519:" + c.DeviceID: b64(curve), "ed25519:" + c.DeviceID: b64(pub)},
+	})
+	otk := signedObject(t, c, priv, map[string]any{"key": b64(curve)})
+	c.MustDo(200, "POST", "/_matrix/client/v3/keys/upload", map[string]any{
+		"device_keys": dk, "one_time_keys": map[string]any{"signed_curve25519:otk": otk},
+	})
+}
+
+// TestE2EEKeysOverFederation checks that a user of hs1 can query and claim
+// the keys of a user of hs2, through the federation key endpoints.
+func TestE2EEKeysOverFederation(t *testing.T) {
+	testutil.ForEachBackend(t, func(t *testing.T, b testutil.Backend) {
+		network := testutil.NewNetwork(t, "hs1", "hs2")
+		hs1 := network.Start(t, b, "hs1")
+		hs2 := network.Start(t, b, "hs2")
+		alice := hs1.NewUser(t, "alice", "password1234")
+		bob := hs2.NewUser(t, "bob", "password1234")
+		uploadDeviceKeys(t, bob)
+
+		r := alice.MustDo(200, "POST", "/_matrix/client/v3/keys/query", map[string]any{"device_keys": map[string]any{bob.UserID: []string{}}})
+		if f, _ := r.JSON["failures"].(map[string]any); len(f) != 0 {
+			t.Fatalf("failures: %s", r.Body)
+		}
+		dk, _ := r.JSON["device_keys"].(map[string]any)
+		bobs, _ := dk[bob.UserID].(map[string]any)
+		got, _ := bobs[bob.DeviceID].(map[string]any)
+		if got["device_id"] != bob.DeviceID || got["user_id"] != bob.UserID {
+			t.Fatalf("device keys of %s: %s", bob.UserID, r.Body)
+		}
+
+		claim := map[string]any{"one_time_keys": map[string]any{bob.UserID: map[string]string{bob.DeviceID: "signed_curve25519"}}}
+		r = alice.MustDo(200, "POST", "/_matrix/client/v3/keys/claim", claim)
+		otks, _ := r.JSON["one_time_keys"].(map[string]any)
+		byDevice, _ := otks[bob.UserID].(map[string]any)
+		keys, _ := byDevice[bob.DeviceID].(map[string]any)
+		if _, ok := keys["signed_curve25519:otk"]; !ok {
+			t.Fatalf("claim: %s", r.Body)
+		}
+		// The key is gone once claimed.
+		r = alice.MustDo(200, "POST", "/_matrix/client/v3/keys/claim", claim)
+		if otks, _ := r.JSON["one_time_keys"].(map[string]any); len(otks) != 0 {
+			t.Fatalf("second claim: %s", r.Body)
+		}
+
+		// The device list endpoint, asked directly.
+		var devices struct {
+			UserID  string `json:"user_id"`
+			Devices []struct {
+				DeviceID string `json:"device_id"`
+			} `json:"devices"`
+		}
+		if err := hs1.Federation.Client.Do(t.Context(), "hs2", "GET", "/_matrix/federation/v1/user/devices/"+bob.UserID, nil, &devices); err != nil {
+			t.Fatal(err)
+		}
+		if devices.UserID != bob.UserID || len(devices.Devices) != 1 || devices.Devices[0].DeviceID != bob.DeviceID {
+			t.Fatalf("devices: %+v", devices)
+		}
+		// Users of other servers are not served there.
+		if err := hs1.Federation.Client.Do(t.Context(), "hs2", "GET", "/_matrix/federation/v1/user/devices/"+alice.UserID, nil, &devices); err == nil {
+			t.Fatal("devices of a user of another server were served")
+		}
+	})
+}
