@@ -5,7 +5,9 @@ import (
 	"crypto/rand"
 	"encoding/base64"
 	"encoding/json"
+	"net/url"
 	"testing"
+	"time"
 
 	"github.com/matrix-org/gomatrixserverlib"
 
@@ -101,5 +103,52 @@ func TestE2EEKeysOverFederation(t *testing.T) {
 		if err := hs1.Federation.Client.Do(t.Context(), "hs2", "GET", "/_matrix/federation/v1/user/devices/"+alice.UserID, nil, &devices); err == nil {
 			t.Fatal("devices of a user of another server were served")
 		}
+	})
+}
+
+// syncUntil long-polls c's /sync until found is true of a response (at most
+// ten seconds) and fails the test otherwise.
+func syncUntil(t *testing.T, c *testutil.Client, what string, found func(*testutil.Response) bool) {
+	t.Helper()
+	since := ""
+	deadline := time.Now().Add(10 * time.Second)
+	for time.Now().Before(deadline) {
+		path := "/_matrix/client/v3/sync?timeout=1000"
+		if since != "" {
+			path += "&since=" + url.QueryEscape(since)
+		}
+		r := c.MustDo(200, "GET", path, nil)
+		if found(r) {
+			return
+		}
+		since, _ = r.JSON["next_batch"].(string)
+	}
+	t.Fatalf("%s never appeared in %s's sync", what, c.UserID)
+}
+
+// TestToDeviceOverFederation checks that a to-device message of a user of
+// hs1 reaches the device of a user of hs2 through m.direct_to_device.
+func TestToDeviceOverFederation(t *testing.T) {
+	testutil.ForEachBackend(t, func(t *testing.T, b testutil.Backend) {
+		network := testutil.NewNetwork(t, "hs1", "hs2")
+		hs1 := network.Start(t, b, "hs1")
+		hs2 := network.Start(t, b, "hs2")
+		alice := hs1.NewUser(t, "alice", "password1234")
+		bob := hs2.NewUser(t, "bob", "password1234")
+		alice.MustDo(200, "PUT", "/_matrix/client/v3/sendToDevice/m.test/txn1", map[string]any{
+			"messages": map[string]any{bob.UserID: map[string]any{bob.DeviceID: map[string]any{"hello": "bob"}}},
+		})
+		syncUntil(t, bob, "the to-device message", func(r *testutil.Response) bool {
+			td, _ := r.JSON["to_device"].(map[string]any)
+			evs, _ := td["events"].([]any)
+			for _, e := range evs {
+				ev, _ := e.(map[string]any)
+				content, _ := ev["content"].(map[string]any)
+				if ev["type"] == "m.test" && ev["sender"] == alice.UserID && content["hello"] == "bob" {
+					return true
+				}
+			}
+			return false
+		})
 	})
 }

@@ -120,6 +120,7 @@ func New(ctx context.Context, cfg *config.Config) (*Server, error) {
 	s.Federation.Routes(s.router)
 	s.wireFederation()
 	s.wireE2EEFederation()
+	s.wireToDeviceFederation()
 	// Joins, leaves, knocks and invites across servers (both ways).
 	s.RoomFederation.MembershipRoutes()
 	s.Rooms.Remote = s.RoomFederation
