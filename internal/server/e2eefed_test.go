@@ -6,6 +6,7 @@ import (
 	"encoding/base64"
 	"encoding/json"
 	"net/url"
+	"slices"
 	"testing"
 	"time"
 
@@ -106,11 +107,11 @@ func TestE2EEKeysOverFederation(t *testing.T) {
 	})
 }
 
-// syncUntil long-polls c's /sync until found is true of a response (at most
-// ten seconds) and fails the test otherwise.
-func syncUntil(t *testing.T, c *testutil.Client, what string, found func(*testutil.Response) bool) {
+// syncUntil long-polls c's /sync from since ("": an initial sync) until
+// found is true of a response (at most ten seconds), and returns that
+// response's next_batch; it fails the test otherwise.
+func syncUntil(t *testing.T, c *testutil.Client, since, what string, found func(*testutil.Response) bool) string {
 	t.Helper()
-	since := ""
 	deadline := time.Now().Add(10 * time.Second)
 	for time.Now().Before(deadline) {
 		path := "/_matrix/client/v3/sync?timeout=1000"
@@ -118,12 +119,14 @@ func syncUntil(t *testing.T, c *testutil.Client, what string, found func(*testut
 			path += "&since=" + url.QueryEscape(since)
 		}
 		r := c.MustDo(200, "GET", path, nil)
+		next, _ := r.JSON["next_batch"].(string)
 		if found(r) {
-			return
+			return next
 		}
-		since, _ = r.JSON["next_batch"].(string)
+		since = next
 	}
 	t.Fatalf("%s never appeared in %s's sync", what, c.UserID)
+	return ""
 }
 
 // TestToDeviceOverFederation checks that a to-device message of a user of
@@ -138,7 +141,7 @@ func TestToDeviceOverFederation(t *testing.T) {
 		alice.MustDo(200, "PUT", "/_matrix/client/v3/sendToDevice/m.test/txn1", map[string]any{
 			"messages": map[string]any{bob.UserID: map[string]any{bob.DeviceID: map[string]any{"hello": "bob"}}},
 		})
-		syncUntil(t, bob, "the to-device message", func(r *testutil.Response) bool {
+		syncUntil(t, bob, "", "the to-device message", func(r *testutil.Response) bool {
 			td, _ := r.JSON["to_device"].(map[string]any)
 			evs, _ := td["events"].([]any)
 			for _, e := range evs {
@@ -150,5 +153,47 @@ func TestToDeviceOverFederation(t *testing.T) {
 			}
 			return false
 		})
+	})
+}
+
+// changedIn reports whether userID is in a sync response's
+// device_lists.changed.
+func changedIn(r *testutil.Response, userID string) bool {
+	dl, _ := r.JSON["device_lists"].(map[string]any)
+	changed, _ := dl["changed"].([]any)
+	return slices.Contains(changed, any(userID))
+}
+
+// TestDeviceListsOverFederation checks that a new device of a user of hs2
+// shows up in device_lists.changed of a user of hs1 sharing a room, through
+// m.device_list_update, and that the new device's keys can be queried.
+func TestDeviceListsOverFederation(t *testing.T) {
+	testutil.ForEachBackend(t, func(t *testing.T, b testutil.Backend) {
+		network := testutil.NewNetwork(t, "hs1", "hs2")
+		hs1 := network.Start(t, b, "hs1")
+		hs2 := network.Start(t, b, "hs2")
+		alice := hs1.NewUser(t, "alice", "password1234")
+		bob := hs2.NewUser(t, "bob", "password1234")
+		r := alice.MustDo(200, "POST", "/_matrix/client/v3/createRoom", map[string]any{"preset": "public_chat"})
+		roomID, _ := r.JSON["room_id"].(string)
+		since := syncUntil(t, alice, "", "the room", func(r *testutil.Response) bool { return r.Status == 200 })
+		bob.MustDo(200, "POST", "/_matrix/client/v3/join/"+url.PathEscape(roomID)+"?via=hs1", map[string]any{})
+		since = syncUntil(t, alice, since, "bob's join", func(r *testutil.Response) bool { return changedIn(r, bob.UserID) })
+
+		// Bob signs in on a new device and uploads its keys.
+		login := bob.MustDo(200, "POST", "/_matrix/client/v3/login", map[string]any{"type": "m.login.password",
+			"identifier": map[string]any{"type": "m.id.user", "user": bob.UserID}, "password": "password1234"})
+		phone := hs2.Client(t)
+		phone.UserID = bob.UserID
+		phone.DeviceID, _ = login.JSON["device_id"].(string)
+		phone.AccessToken, _ = login.JSON["access_token"].(string)
+		uploadDeviceKeys(t, phone)
+
+		syncUntil(t, alice, since, "bob's new device", func(r *testutil.Response) bool { return changedIn(r, bob.UserID) })
+		r = alice.MustDo(200, "POST", "/_matrix/client/v3/keys/query", map[string]any{"device_keys": map[string]any{bob.UserID: []string{}}})
+		dk, _ := r.JSON["device_keys"].(map[string]any)
+		if bobs, _ := dk[bob.UserID].(map[string]any); bobs[phone.DeviceID] == nil {
+			t.Fatalf("bob's new device is not in %s", r.Body)
+		}
 	})
 }

@@ -121,6 +121,7 @@ func New(ctx context.Context, cfg *config.Config) (*Server, error) {
 	s.wireFederation()
 	s.wireE2EEFederation()
 	s.wireToDeviceFederation()
+	s.wireDeviceListFederation()
 	// Joins, leaves, knocks and invites across servers (both ways).
 	s.RoomFederation.MembershipRoutes()
 	s.Rooms.Remote = s.RoomFederation
