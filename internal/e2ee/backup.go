@@ -499,20 +499,27 @@ func (s *Service) readableVersion(ctx context.Context, userID, v string) (int64,
 	return version, nil
 }
 
-func (s *Service) handleGetBackupKeys(r *http.Request, p *httpx.Principal) (any, error) {
+// backupRequest reads the scope (room, session) and the existing backup
+// version a request to GET or DELETE /room_keys/keys addresses.
+func (s *Service) backupRequest(r *http.Request, p *httpx.Principal) (backupScope, int64, error) {
 	sc, err := parseScope(r)
 	if err != nil {
-		return nil, err
+		return sc, 0, err
 	}
 	v, err := requestedVersion(r)
+	if err != nil {
+		return sc, 0, err
+	}
+	version, err := s.readableVersion(r.Context(), p.UserID, v)
+	return sc, version, err
+}
+
+func (s *Service) handleGetBackupKeys(r *http.Request, p *httpx.Principal) (any, error) {
+	sc, version, err := s.backupRequest(r, p)
 	if err != nil {
 		return nil, err
 	}
 	ctx := r.Context()
-	version, err := s.readableVersion(ctx, p.UserID, v)
-	if err != nil {
-		return nil, err
-	}
 	cond, args := sc.where()
 	rows, err := s.db.Query(ctx, `SELECT room_id, session_id, first_message_index, forwarded_count, is_verified, session_data
 		FROM e2ee_backup_keys WHERE user_id = $1 AND version = $2`+cond, append([]any{p.UserID, version}, args...)...)
@@ -553,19 +560,11 @@ func (s *Service) handleGetBackupKeys(r *http.Request, p *httpx.Principal) (any,
 }
 
 func (s *Service) handleDeleteBackupKeys(r *http.Request, p *httpx.Principal) (any, error) {
-	sc, err := parseScope(r)
-	if err != nil {
-		return nil, err
-	}
-	v, err := requestedVersion(r)
+	sc, version, err := s.backupRequest(r, p)
 	if err != nil {
 		return nil, err
 	}
 	ctx := r.Context()
-	version, err := s.readableVersion(ctx, p.UserID, v)
-	if err != nil {
-		return nil, err
-	}
 	cond, args := sc.where()
 	err = s.db.WriteTx(ctx, func(tx *db.Tx) error {
 		res, err := tx.Exec(ctx, `DELETE FROM e2ee_backup_keys WHERE user_id = $1 AND version = $2`+cond, append([]any{p.UserID, version}, args...)...)
